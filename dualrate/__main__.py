@@ -1,0 +1,5 @@
+"""``python -m dualrate``."""
+
+from .cli import main
+
+raise SystemExit(main())

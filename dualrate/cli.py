@@ -1,0 +1,52 @@
+"""The ``dualrate`` command: argument parsing, dispatch, exit codes, one clear error line.
+
+Exit codes: 0 success/pass, 1 parity failure, 2 bad input or usage, 3 backend
+unavailable. User errors (``DualrateError``) print one message and no traceback;
+anything else is a bug and keeps its traceback. Heavy imports happen inside the
+commands so ``dualrate --help`` needs only the core install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from . import __version__
+from .commands import add_model_commands, add_sample_command, add_spec_commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dualrate",
+        description="Export, compile and validate Dual-Rate Diffusion models.",
+        epilog="exit codes: 0 ok, 1 parity failure, 2 bad input, 3 backend unavailable here")
+    parser.add_argument("--version", action="version", version=f"dualrate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_model_commands(sub)
+    add_spec_commands(sub)
+    add_sample_command(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    from exporter.errors import DualrateError
+
+    try:
+        return int(handler(args) or 0)
+    except DualrateError as exc:
+        print(f"dualrate {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"dualrate {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

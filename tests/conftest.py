@@ -1,0 +1,66 @@
+"""Shared fixtures: a seeded ``tiny`` pair, its checkpoint on disk, and spec helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from exporter.checkpoint import make_config, save_checkpoint
+from exporter.model_config import preset
+from exporter.model_pair import build_pair
+from exporter.spec_builder import SamplerOptions, make_spec
+from exporter.torch_runner import TorchReferenceRunner
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = REPO / "examples" / "checkpoints" / "dr-uvit-digits"
+
+
+def tiny_pair(seed: int = 0):
+    torch.manual_seed(seed)
+    pair = build_pair({"family": "dr-uvit", **preset("tiny").to_dict()})
+    # adaLN-zero and the zero head make a fresh pair output constants; perturb so
+    # every parameter matters to the tests.
+    with torch.no_grad():
+        for p in list(pair.encoder.parameters()) + list(pair.denoiser.parameters()):
+            p.add_(torch.randn_like(p) * 0.05)
+    return pair.eval()
+
+
+def feature_shapes(runner, info):
+    feats = runner.encode(np.zeros((1, *info.sample_shape), np.float32), np.zeros(1, np.float32), np.zeros(1, np.int64))
+    return [tuple(f.shape[1:]) for f in feats]
+
+
+def tiny_spec(pair, **opts):
+    runner = TorchReferenceRunner(pair)
+    return make_spec(pair.info, feature_shapes(runner, pair.info), SamplerOptions(**opts))
+
+
+@pytest.fixture(scope="session")
+def pair():
+    return tiny_pair()
+
+
+@pytest.fixture(scope="session")
+def runner(pair):
+    return TorchReferenceRunner(pair)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, pair):
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(pair, make_config({"family": "dr-uvit", **preset("tiny").to_dict()}), out)
+    return out
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real ``dualrate`` entry point in a subprocess (exit codes, stderr, no traceback)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "dualrate", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, env=env, timeout=600)

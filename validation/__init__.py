@@ -1,0 +1,1 @@
+"""Numerical parity of compiled backends against the reference sampler: metrics, gates, reports."""
