@@ -13,7 +13,7 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__
-from .commands import add_model_commands, add_sample_command, add_spec_commands
+from .commands import add_export_commands, add_model_commands, add_sample_command, add_spec_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dualrate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_model_commands(sub)
+    add_export_commands(sub)
     add_spec_commands(sub)
     add_sample_command(sub)
     return parser

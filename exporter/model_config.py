@@ -121,7 +121,7 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": _pair(
         NetConfig(widths=(16, 32), res_blocks=1, transformer_depth=1, transformer_dim=32, heads=2),
         NetConfig(widths=(8, 16), res_blocks=1, transformer_depth=1, transformer_dim=16, heads=2),
-        image_size=8, in_channels=1, num_classes=4, emb_dim=32, size="tiny"),
+        image_size=8, in_channels=1, num_classes=10, emb_dim=32, size="tiny"),
     "digits": _pair(
         NetConfig(widths=(32, 64, 128), res_blocks=1, transformer_depth=2, transformer_dim=128, heads=4),
         NetConfig(widths=(16, 32, 64), res_blocks=1, transformer_depth=1, transformer_dim=64, heads=4),

@@ -7,8 +7,8 @@ generator. Generators:
 * ``every_k`` (k, phase): the paper's schedule, steps where (i - phase) % k == 0;
 * ``explicit``: a given list;
 * ``front_loaded`` (count, power): denser at high noise (early steps), i = floor(N (j/count)^power);
-* ``uniform_logsnr`` (count): steps nearest to ``count`` log-SNR values evenly spaced
-  between the first and the last step's log-SNR.
+* ``uniform_logsnr`` (count): the first step at or past each of ``count`` log-SNR levels
+  evenly spaced between the first and the last step's (at most ``count`` refreshes).
 """
 
 from __future__ import annotations
@@ -60,8 +60,10 @@ def resolve_refresh(kind: str, params: Mapping[str, Any], num_steps: int,
             raise SpecError("uniform_logsnr refresh needs the log-SNR table of the grid")
         count = _count(p, n)
         lam = np.asarray(logsnr, dtype=np.float64)[:n]
+        # the first step at or past each of `count` evenly spaced log-SNR levels:
+        # refresh whenever log-SNR has moved by a fixed amount since the last one
         targets = np.linspace(lam[0], lam[-1], count)
-        steps = {int(np.argmin(np.abs(lam - x))) for x in targets} | {0}
+        steps = {int(np.searchsorted(lam, x, side="left")) for x in targets} | {0}
     else:
         raise SpecError(f"dual_rate.refresh.kind is {kind!r}; supported: {', '.join(REFRESH_KINDS)}")
     return check_refresh_steps(sorted(steps), n)

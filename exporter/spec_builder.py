@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
+
 from .errors import BadInputError
 from .model_pair import PairInfo
 from .refresh import resolve_refresh
@@ -67,19 +69,26 @@ def make_spec(info: PairInfo, feature_shapes: Sequence[Sequence[int]], opts: Sam
                             "use --sampler ddim to choose eta")
     lo, hi = info.logsnr_clamp
     t = time_grid(opts.num_steps)
-    lam = cosine_logsnr(t, lo, hi, opts.logsnr_shift)
-    tables = build_tables(t, lam, opts.sampler, opts.eta, opts.final_step)
-    refresh_steps = resolve_refresh(opts.refresh, opts.refresh_params, opts.num_steps, lam)
+    schedule = {"family": "cosine", "logsnr_min": lo, "logsnr_max": hi, "shift": opts.logsnr_shift}
+    return assemble_spec(info, feature_shapes, opts, t, cosine_logsnr(t, lo, hi, opts.logsnr_shift),
+                         schedule, "uniform_t", provenance)
+
+
+def assemble_spec(info: PairInfo, feature_shapes: Sequence[Sequence[int]], opts: SamplerOptions,
+                  t: np.ndarray, logsnr: np.ndarray, schedule: dict[str, Any], grid: str,
+                  provenance: dict[str, Any] | None = None) -> Spec:
+    """Tables, refresh list and I/O binding for a given grid; validated before it is returned."""
+    tables = build_tables(t, logsnr, opts.sampler, opts.eta, opts.final_step)
+    refresh_steps = resolve_refresh(opts.refresh, opts.refresh_params, opts.num_steps, logsnr)
     enc, den = graph_io(info, feature_shapes)
     spec = Spec(
         model=ModelSpec(sample_shape=info.sample_shape, num_classes=info.num_classes, null_class=info.null_class,
                         prediction=info.prediction, encoder=enc, denoiser=den,
                         logsnr_clamp=tuple(info.logsnr_clamp)),
-        process=ProcessSpec(schedule={"family": "cosine", "logsnr_min": lo, "logsnr_max": hi,
-                                      "shift": opts.logsnr_shift}),
+        process=ProcessSpec(schedule=dict(schedule)),
         sampler=SamplerSpec(type=opts.sampler, eta=opts.eta, num_steps=opts.num_steps,
                             tables=Tables(**{k: tuple(float(x) for x in v) for k, v in tables.items()}),
-                            clip_x0=opts.clip_x0, final_step=opts.final_step),
+                            clip_x0=opts.clip_x0, final_step=opts.final_step, time_grid=grid),
         dual_rate=DualRateSpec(refresh=RefreshSpec(opts.refresh, dict(opts.refresh_params)),
                                resolved_refresh_steps=refresh_steps),
         noise=NoiseSpec(rng=RngSpec(kind=opts.rng, seed=None if opts.rng == "external" else opts.seed)),

@@ -137,6 +137,9 @@ def train_checkpoint(size: str, out_dir, cfg: TrainConfig, force: bool = False,
         from .errors import BadInputError
         raise BadInputError(f"size {size!r} has {pair.info.in_channels} channels; digits training needs a "
                             "1-channel size such as 'digits' or 'tiny'")
+    if pair.info.num_classes < 10:
+        from .errors import BadInputError
+        raise BadInputError(f"size {size!r} has {pair.info.num_classes} classes; the digits have 10")
     images, labels = load_digits_images(pair.info.image_size)
     ema, summary = train_pair(pair, images, labels, cfg, log=log)
     summary["data"] = f"sklearn digits 8x8 upsampled to {pair.info.image_size}x{pair.info.image_size}"

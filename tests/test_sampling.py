@@ -158,8 +158,8 @@ def test_nan_in_encoder_names_the_encoder_and_its_step(pair, runner):
 
 def test_bad_class_and_noise_shapes_are_clear(pair, runner):
     spec = tiny_spec(pair, num_steps=4)
-    with pytest.raises(BadInputError, match=r"class id 9 is out of range; this model has classes 0..3"):
-        sample(runner, spec, [9], _noise(spec, 1))
+    with pytest.raises(BadInputError, match=r"class id 19 is out of range; this model has classes 0..9"):
+        sample(runner, spec, [19], _noise(spec, 1))
     with pytest.raises(BadInputError, match=r"noise draw 0 has shape \(2, 1, 8, 8\); expected \(4, 1, 8, 8\)"):
         sample(runner, spec, LABELS, _noise(spec, 2))
 

@@ -1,7 +1,8 @@
 """One module per group of subcommands; each exposes ``add_*`` to register its parsers."""
 
+from .export_cmd import add_export_commands
 from .model_cmds import add_model_commands
 from .sample_cmd import add_sample_command
 from .spec_cmds import add_spec_commands
 
-__all__ = ["add_model_commands", "add_sample_command", "add_spec_commands"]
+__all__ = ["add_export_commands", "add_model_commands", "add_sample_command", "add_spec_commands"]

@@ -7,15 +7,23 @@ import argparse
 
 def add_sampler_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampler")
-    g.add_argument("--steps", type=int, default=32, help="sampling steps N (default 32)")
+    g.add_argument("--steps", type=int, default=None, help="sampling steps N (default 32)")
     r = g.add_mutually_exclusive_group()
     r.add_argument("--refresh-every", type=int, metavar="K", help="run the encoder every K steps (default 4)")
     r.add_argument("--refresh-steps", metavar="0,4,..", help="explicit comma-separated refresh steps (must include 0)")
-    g.add_argument("--sampler", choices=("ancestral", "ddim"), default="ancestral")
+    g.add_argument("--sampler", choices=("ancestral", "ddim"), default=None, help="default ancestral")
     g.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (ddim only; default 0)")
-    g.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale w (1 = off)")
+    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale w (default 1 = off)")
     g.add_argument("--guidance-interval", metavar="LO,HI", help="apply guidance only where LO <= logsnr <= HI")
     g.add_argument("--clip-x0", type=float, default=None, help="clip x0 estimates to [-C, C]")
+
+
+SAMPLER_FLAGS = ("steps", "refresh_every", "refresh_steps", "sampler", "eta", "guidance", "guidance_interval", "clip_x0")
+
+
+def given_sampler_flags(args: argparse.Namespace) -> list[str]:
+    """The sampler flags the user actually passed."""
+    return ["--" + f.replace("_", "-") for f in SAMPLER_FLAGS if getattr(args, f, None) is not None]
 
 
 def sampler_options(args: argparse.Namespace):
@@ -38,7 +46,9 @@ def sampler_options(args: argparse.Namespace):
         except ValueError:
             raise BadInputError(f"--guidance-interval {args.guidance_interval!r}: expected LO,HI") from None
         interval = (lo, hi)
-    eta = args.eta if args.eta is not None else (1.0 if args.sampler == "ancestral" else 0.0)
-    return SamplerOptions(num_steps=args.steps, sampler=args.sampler, eta=eta, refresh=refresh,
-                          refresh_params=params, guidance=args.guidance, guidance_interval=interval,
-                          clip_x0=args.clip_x0)
+    sampler = args.sampler or "ancestral"
+    eta = args.eta if args.eta is not None else (1.0 if sampler == "ancestral" else 0.0)
+    return SamplerOptions(num_steps=32 if args.steps is None else args.steps, sampler=sampler, eta=eta,
+                          refresh=refresh, refresh_params=params,
+                          guidance=1.0 if args.guidance is None else args.guidance,
+                          guidance_interval=interval, clip_x0=args.clip_x0)

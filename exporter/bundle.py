@@ -1,0 +1,129 @@
+"""The bundle: two graphs + spec + golden vectors + a manifest that hashes every file.
+
+Layout::
+
+    manifest.json     format, versions, source checkpoint sha256, export options, sha256 of every file
+    spec.json         the portable sampler spec
+    encoder.onnx      (+ encoder.onnx.data for external weights)
+    denoiser.onnx     (+ denoiser.onnx.data)
+    golden/*.npz      reference vectors (read with allow_pickle=False)
+    targets/<backend>-<precision>/   compiled artifacts, each with its own compile.json
+
+Opening a bundle verifies every hash; a changed, missing or extra file is a
+``BundleError`` and nothing runs on it. ``targets/`` is a compile cache that its
+backend verifies against its own ``compile.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BundleError, SpecError
+from .spec import Spec
+
+FORMAT = "dualrate-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SPEC = "spec.json"
+TARGETS_DIR = "targets"
+GRAPHS = ("encoder", "denoiser")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _payload_files(root: Path) -> list[str]:
+    """Relative paths of every file that the manifest must cover."""
+    out = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_dir() or rel == MANIFEST or rel.split("/")[0] == TARGETS_DIR:
+            continue
+        out.append(rel)
+    return out
+
+
+def write_manifest(root: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """Hash every payload file under ``root`` and write ``manifest.json`` (sorted, deterministic)."""
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **info,
+                "files": {rel: sha256_file(root / rel) for rel in _payload_files(root)}}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+    spec: Spec
+
+    def graph(self, name: str) -> Path:
+        return self.path / f"{name}.onnx"
+
+    def file_hash(self, rel: str) -> str:
+        return self.manifest["files"][rel]
+
+    def golden(self, name: str) -> dict[str, np.ndarray]:
+        path = self.path / "golden" / f"{name}.npz"
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"bundle {self.path}: golden/{name}.npz cannot be read ({exc})") from None
+
+    def golden_names(self) -> list[str]:
+        return sorted(p.stem for p in (self.path / "golden").glob("*.npz"))
+
+    def target_dir(self, backend: str, precision: str) -> Path:
+        return self.path / TARGETS_DIR / f"{backend}-{precision}"
+
+
+def open_bundle(path: str | Path) -> Bundle:
+    """Open and verify a bundle: manifest, every hash, no missing or extra files, a valid spec."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"bundle {root} not found (expected a directory made by `dualrate export`)")
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise BundleError(f"bundle {root} has no {MANIFEST}; it is incomplete or not a bundle. Re-export it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"bundle {root}: {MANIFEST} is not valid JSON ({exc}); re-export the bundle") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+        raise BundleError(f"bundle {root}: {MANIFEST} is not a {FORMAT} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"bundle {root}: format_version {manifest.get('format_version')!r} is not supported "
+                          f"(this dualrate reads {FORMAT_VERSION}); re-export with this version")
+    listed = manifest["files"]
+    present = set(_payload_files(root))
+    missing = sorted(set(listed) - present)
+    extra = sorted(present - set(listed))
+    if missing:
+        raise BundleError(f"bundle {root}: file(s) {missing} listed in the manifest are missing; re-export the bundle")
+    if extra:
+        raise BundleError(f"bundle {root}: file(s) {extra} are not in the manifest; remove them or re-export "
+                          "(nothing runs on an unverified bundle)")
+    for rel, want in sorted(listed.items()):
+        got = sha256_file(root / rel)
+        if got != want:
+            raise BundleError(f"bundle {root}: {rel} has sha256 {got[:12]}…, the manifest says {want[:12]}…; "
+                              "the file was changed after export. Re-export the bundle")
+    for g in GRAPHS:
+        if f"{g}.onnx" not in listed:
+            raise BundleError(f"bundle {root}: the manifest lists no {g}.onnx")
+    try:
+        spec, _ = Spec.load(root / SPEC)
+    except SpecError as exc:
+        raise BundleError(f"bundle {root}: {exc}") from None
+    return Bundle(root, manifest, spec)

@@ -1,0 +1,109 @@
+"""Reference vectors made at export time: per-graph inputs/outputs and per-step trajectories.
+
+``RecordingRunner`` wraps the PyTorch reference and keeps every call's inputs and
+outputs; the capture picks graph inputs from real trajectories (uniform random
+inputs hide real failures) and stores them as npz (no pickle).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .sampling import sample, spec_noise
+from .spec import Spec
+from .torch_runner import TorchReferenceRunner
+
+
+class RecordingRunner:
+    """Pass-through runner that records every encoder and denoiser call as numpy."""
+
+    def __init__(self, inner: TorchReferenceRunner):
+        self.inner = inner
+        self.encoder_calls: list[dict[str, np.ndarray]] = []
+        self.denoiser_calls: list[dict[str, np.ndarray]] = []
+
+    def encode(self, z, logsnr, class_id):
+        feats = self.inner.encode(z, logsnr, class_id)
+        self.encoder_calls.append({"z": z.copy(), "logsnr": logsnr.copy(), "class_id": class_id.copy(),
+                                   **{f"out.feat{k}": f for k, f in enumerate(self.inner.features_to_numpy(feats))}})
+        return feats
+
+    def denoise(self, z, logsnr, logsnr_ctx, class_id, features):
+        out = self.inner.denoise(z, logsnr, logsnr_ctx, class_id, features)
+        feats = self.inner.features_to_numpy(features)
+        self.denoiser_calls.append({"z": z.copy(), "logsnr": logsnr.copy(), "logsnr_ctx": logsnr_ctx.copy(),
+                                    "class_id": class_id.copy(), **{f"feat{k}": f for k, f in enumerate(feats)},
+                                    "out.prediction": out.copy()})
+        return out
+
+    def features_to_numpy(self, features: Any) -> list[np.ndarray]:
+        return self.inner.features_to_numpy(features)
+
+
+def golden_labels(seed: int, batch: int, num_classes: int) -> np.ndarray:
+    """Classes of the golden trajectory for ``seed``: consecutive ids, different per seed."""
+    return (np.arange(batch) + seed * batch) % num_classes
+
+
+def capture(runner: TorchReferenceRunner, spec: Spec, seeds: tuple[int, ...], batch: int,
+            max_graph_calls: int = 8) -> dict[str, dict[str, np.ndarray]]:
+    """Trajectories for each seed, plus graph I/O sampled from the first seed's calls."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    graph_io: dict[str, list[dict[str, np.ndarray]]] = {}
+    shape = tuple(spec.model.sample_shape)
+    for k, seed in enumerate(seeds):
+        rec = RecordingRunner(runner)
+        labels = golden_labels(seed, batch, spec.model.num_classes)
+        noise = spec_noise(spec, batch, seed)
+        res = sample(rec, spec, labels, noise, record=True)
+        n = spec.sampler.num_steps
+        out[f"trajectory_seed{seed}"] = {
+            "seed": np.array(seed, np.uint64), "class_id": labels,
+            "noise": np.stack([noise.draw(i, shape) for i in range(n + 1)]),        # [N+1, B, C, H, W]
+            "z": np.stack(res.trajectory), "x0": np.stack(res.x0_estimates), "final": res.x,
+            "refresh_cond": np.array(res.refresh_log["cond"], np.int64),
+            "refresh_uncond": np.array(res.refresh_log["uncond"], np.int64)}
+        if k == 0:
+            graph_io = {"encoder": rec.encoder_calls, "denoiser": rec.denoiser_calls}
+    for graph, calls in graph_io.items():
+        picks = np.unique(np.linspace(0, len(calls) - 1, min(max_graph_calls, len(calls))).round().astype(int))
+        out[f"{graph}_io"] = {f"call{i}.{key}": val for i, c in enumerate(calls[j] for j in picks)
+                              for key, val in c.items()}
+    return out
+
+
+def write_golden(root: Path, vectors: dict[str, dict[str, np.ndarray]]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, arrays in vectors.items():
+        write_npz(root / f"{name}.npz", arrays)
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """An ``.npz`` that ``np.load(allow_pickle=False)`` reads, with reproducible bytes.
+
+    ``np.savez`` stamps each member with the current time; fixed timestamps and
+    sorted members make the same vectors give the same file.
+    """
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+
+
+def graph_calls(data: dict[str, np.ndarray]) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """Split a ``<graph>_io`` npz into per-call (inputs, outputs) dicts."""
+    calls: dict[int, tuple[dict, dict]] = {}
+    for key, val in data.items():
+        head, _, name = key.partition(".")
+        ins, outs = calls.setdefault(int(head[4:]), ({}, {}))
+        if name.startswith("out."):
+            outs[name[4:]] = val
+        else:
+            ins[name] = val
+    return [calls[i] for i in sorted(calls)]

@@ -1,0 +1,116 @@
+"""What every backend shares: the registry, the compile cache and its verification.
+
+A backend module provides a ``Target`` subclass with
+
+* ``available()`` -> reason string or None (cheap; imports the runtime lazily);
+* ``compile_into(bundle, precision, out_dir)`` -> compile record fields (writes artifacts);
+* ``open_runner(bundle, compiled)`` -> a runner implementing the protocol.
+
+Compiled artifacts live in ``BUNDLE/targets/<backend>-<precision>/`` with a
+``compile.json`` recording requested and effective precision, runtime version,
+device, options, the hashes of the source graphs and of every artifact. A cache
+whose sources or runtime version changed is rebuilt; one whose artifacts changed
+is an error (it may have been tampered with).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exporter.atomic import atomic_directory
+from exporter.bundle import Bundle, sha256_file
+from exporter.errors import BackendUnavailableError, BadInputError, BundleError
+
+COMPILE_RECORD = "compile.json"
+BACKENDS = {"onnxruntime": "targets.onnxrt", "openvino": "targets.openvino_backend",
+            "coreml": "targets.coreml_backend", "tensorrt": "targets.trt_backend"}
+
+
+@dataclass
+class Compiled:
+    """A verified compile cache entry."""
+
+    path: Path
+    record: dict[str, Any]
+
+    @property
+    def effective_precision(self) -> str:
+        return self.record["effective_precision"]
+
+
+class Target:
+    name = "base"
+    precisions: tuple[str, ...] = ("fp32",)
+    extra = ""            # pip extra that installs the runtime
+
+    def available(self) -> str | None:
+        """None if usable here, else the reason (with the fix)."""
+        raise NotImplementedError
+
+    def runtime_version(self) -> str:
+        raise NotImplementedError
+
+    def compile_into(self, bundle: Bundle, precision: str, out: Path) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def open_runner(self, bundle: Bundle, compiled: Compiled, **options: Any):
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------
+    def require(self) -> None:
+        reason = self.available()
+        if reason:
+            raise BackendUnavailableError(f"target {self.name} is not usable here: {reason}")
+
+    def check_precision(self, precision: str) -> None:
+        if precision not in self.precisions:
+            raise BadInputError(f"target {self.name} supports precision {', '.join(self.precisions)}; "
+                                f"{precision!r} was requested")
+
+    def compile(self, bundle: Bundle, precision: str = "fp32", force: bool = False) -> Compiled:
+        """Return the cached compile if it is current, else build it (atomically)."""
+        self.require()
+        self.check_precision(precision)
+        out = bundle.target_dir(self.name, precision)
+        if not force:
+            cached = self._cached(bundle, precision, out)
+            if cached is not None:
+                return cached
+        with atomic_directory(out, force=True) as tmp:
+            fields = self.compile_into(bundle, precision, tmp)
+            record = {"backend": self.name, "requested_precision": precision,
+                      "runtime_version": self.runtime_version(), "machine": platform.machine(),
+                      "sources": {g: bundle.file_hash(f"{g}.onnx") for g in ("encoder", "denoiser")},
+                      **fields}
+            record["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p)
+                               for p in sorted(tmp.rglob("*")) if p.is_file()}
+            (tmp / COMPILE_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        return Compiled(out, record)
+
+    def _cached(self, bundle: Bundle, precision: str, out: Path) -> Compiled | None:
+        try:
+            record = json.loads((out / COMPILE_RECORD).read_text())
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        sources = {g: bundle.file_hash(f"{g}.onnx") for g in ("encoder", "denoiser")}
+        if record.get("sources") != sources or record.get("runtime_version") != self.runtime_version():
+            return None          # stale: the bundle or the runtime changed; rebuild
+        for rel, want in record.get("files", {}).items():
+            p = out / rel
+            if not p.is_file() or sha256_file(p) != want:
+                raise BundleError(f"compiled target {out} has a changed or missing file {rel}; "
+                                  f"delete {out} or run `dualrate compile --force`")
+        return Compiled(out, record)
+
+
+def get_target(name: str) -> Target:
+    """The backend named ``name``; its runtime is imported only when used."""
+    if name not in BACKENDS:
+        raise BadInputError(f"unknown target {name!r}; choose one of {', '.join(BACKENDS)}")
+    module = importlib.import_module(BACKENDS[name])
+    return module.TARGET

@@ -1,0 +1,47 @@
+"""Tolerance policy: gates keyed on the *effective* precision a backend reports.
+
+Defaults follow VALIDATION.md. ``rel_l2`` and ``cosine`` gate every tensor;
+``psnr_db`` gates final samples. Every gate also requires zero non-finite values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from exporter.errors import BadInputError
+
+from .metrics import Metrics
+
+
+@dataclass(frozen=True)
+class Gate:
+    rel_l2: float
+    cosine: float
+    psnr_db: float
+
+    def check(self, m: Metrics, final_sample: bool = False) -> list[str]:
+        """The reasons ``m`` fails this gate (empty if it passes)."""
+        if m.non_finite:
+            return [f"{m.non_finite} non-finite values"]
+        why = []
+        if not m.rel_l2 <= self.rel_l2:
+            why.append(f"rel-L2 {m.rel_l2:.3g} > {self.rel_l2:g}")
+        if not m.cosine >= self.cosine:
+            why.append(f"cosine {m.cosine:.7f} < {self.cosine:g}")
+        if final_sample and not m.psnr_db >= self.psnr_db:
+            why.append(f"PSNR {m.psnr_db:.1f} dB < {self.psnr_db:g} dB")
+        return why
+
+
+DEFAULT_GATES: dict[str, Gate] = {
+    "fp32": Gate(rel_l2=1e-4, cosine=0.99999, psnr_db=60.0),
+    "tf32": Gate(rel_l2=3e-3, cosine=0.9999, psnr_db=45.0),
+    "fp16": Gate(rel_l2=1e-2, cosine=0.999, psnr_db=35.0),
+    "bf16": Gate(rel_l2=3e-2, cosine=0.995, psnr_db=28.0),
+}
+
+
+def gate_for(precision: str, **overrides: float) -> Gate:
+    if precision not in DEFAULT_GATES:
+        raise BadInputError(f"no gate for precision {precision!r}; known: {', '.join(DEFAULT_GATES)}")
+    return replace(DEFAULT_GATES[precision], **{k: v for k, v in overrides.items() if v is not None})

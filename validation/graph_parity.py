@@ -1,0 +1,69 @@
+"""Layer 1, graph level: each graph on a backend vs the reference outputs on recorded inputs.
+
+Inputs are states captured from real reference trajectories (the bundle's golden
+``encoder_io``/``denoiser_io``); each output is compared over all recorded calls
+together, and the worst single call is named.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from exporter.golden import graph_calls
+
+from .gates import Gate
+from .metrics import Metrics, compare
+
+
+@dataclass
+class CheckResult:
+    layer: str
+    graph: str
+    output: str
+    metrics: Metrics
+    reasons: list[str]
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.reasons
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "graph": self.graph, "output": self.output, "passed": self.passed,
+                "reasons": self.reasons, "metrics": self.metrics.to_dict(), **self.detail}
+
+
+def run_graph(runner: Any, graph: str, inputs: dict[str, np.ndarray], feature_names: list[str]) -> dict[str, np.ndarray]:
+    """One recorded call on the backend, outputs as numpy keyed by graph output name."""
+    if graph == "encoder":
+        feats = runner.encode(inputs["z"], inputs["logsnr"], inputs["class_id"])
+        return dict(zip(feature_names, runner.features_to_numpy(feats)))
+    feats = [inputs[n] for n in feature_names]
+    out = runner.denoise(inputs["z"], inputs["logsnr"], inputs["logsnr_ctx"], inputs["class_id"], feats)
+    return {"prediction": np.asarray(out)}
+
+
+def graph_level(runner: Any, vectors: dict[str, dict[str, np.ndarray]], feature_names: list[str],
+                gate: Gate) -> list[CheckResult]:
+    results = []
+    for graph in ("encoder", "denoiser"):
+        calls = graph_calls(vectors[f"{graph}_io"])
+        got: dict[str, list[np.ndarray]] = {}
+        want: dict[str, list[np.ndarray]] = {}
+        for inputs, outputs in calls:
+            actual = run_graph(runner, graph, inputs, feature_names)
+            for name, ref in outputs.items():
+                got.setdefault(name, []).append(actual[name])
+                want.setdefault(name, []).append(ref)
+        for name in want:
+            per_call = [compare(a, r) for a, r in zip(got[name], want[name])]
+            worst = int(np.nanargmax([m.rel_l2 if not m.non_finite else np.inf for m in per_call]))
+            total = compare(np.concatenate([g.ravel() for g in got[name]]), np.concatenate([w.ravel() for w in want[name]]))
+            reasons = gate.check(total) or gate.check(per_call[worst])
+            results.append(CheckResult("graph", graph, name, total, reasons,
+                                       {"calls": len(calls), "worst_call": worst,
+                                        "worst_call_rel_l2": per_call[worst].rel_l2}))
+    return results
