@@ -94,7 +94,9 @@ def build_bundle(ckpt: LoadedCheckpoint, root: Path, opts: ExportOptions, progre
     write_golden(root / "golden", vectors)
     write_manifest(root, {
         "versions": versions(),
-        "source_checkpoint": {"name": ckpt.path.name, "sha256": ckpt.sha256},
+        # the path lets targets that convert from the modules (Core ML) find the checkpoint again;
+        # its sha256 is verified before use
+        "source_checkpoint": {"name": ckpt.path.name, "sha256": ckpt.sha256, "path": str(ckpt.path.resolve())},
         "export_options": opts.to_dict(),
         "external_data": external,
         "graph_rows": {"golden": graph_rows(spec, opts.golden_batch), "static": rows if opts.static_batch else None},

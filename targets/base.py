@@ -55,11 +55,24 @@ class Target:
     def runtime_version(self) -> str:
         raise NotImplementedError
 
-    def compile_into(self, bundle: Bundle, precision: str, out: Path) -> dict[str, Any]:
+    def compile_into(self, bundle: Bundle, precision: str, out: Path, **options: Any) -> dict[str, Any]:
+        """Write artifacts into ``out``; return compile-record fields, at least
+        ``effective_precision`` (what the runtime will really compute in) and ``device``."""
         raise NotImplementedError
 
     def open_runner(self, bundle: Bundle, compiled: Compiled, **options: Any):
         raise NotImplementedError
+
+    def numeric_unavailable(self) -> str | None:
+        """Why numeric checks cannot run here although compiling can (Core ML off macOS), else None."""
+        return None
+
+    def structural_checks(self, bundle: Bundle, compiled: Compiled) -> list[dict[str, Any]]:
+        """Checks that need no execution (I/O names, shapes, dtypes, op inventory, precision).
+
+        Each is ``{"name": str, "passed": bool, "detail": str}``.
+        """
+        return []
 
     # -- shared ---------------------------------------------------------------
     def require(self) -> None:
@@ -72,7 +85,7 @@ class Target:
             raise BadInputError(f"target {self.name} supports precision {', '.join(self.precisions)}; "
                                 f"{precision!r} was requested")
 
-    def compile(self, bundle: Bundle, precision: str = "fp32", force: bool = False) -> Compiled:
+    def compile(self, bundle: Bundle, precision: str = "fp32", force: bool = False, **options: Any) -> Compiled:
         """Return the cached compile if it is current, else build it (atomically)."""
         self.require()
         self.check_precision(precision)
@@ -82,7 +95,7 @@ class Target:
             if cached is not None:
                 return cached
         with atomic_directory(out, force=True) as tmp:
-            fields = self.compile_into(bundle, precision, tmp)
+            fields = self.compile_into(bundle, precision, tmp, **options)
             record = {"backend": self.name, "requested_precision": precision,
                       "runtime_version": self.runtime_version(), "machine": platform.machine(),
                       "sources": {g: bundle.file_hash(f"{g}.onnx") for g in ("encoder", "denoiser")},

@@ -40,7 +40,7 @@ class OrtTarget(Target):
     def runtime_version(self) -> str:
         return _ort().__version__
 
-    def compile_into(self, bundle: Bundle, precision: str, out: Path) -> dict[str, Any]:
+    def compile_into(self, bundle: Bundle, precision: str, out: Path, **_: Any) -> dict[str, Any]:
         ort = _ort()
         for graph in ("encoder", "denoiser"):
             so = ort.SessionOptions()
