@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from .sampling import sample, spec_noise
+from .sampling import call_plan, sample, spec_noise
 from .spec import Spec
+from .spec_builder import every_step
 from .torch_runner import TorchReferenceRunner
 
 
@@ -51,28 +52,52 @@ def golden_labels(seed: int, batch: int, num_classes: int) -> np.ndarray:
 
 def capture(runner: TorchReferenceRunner, spec: Spec, seeds: tuple[int, ...], batch: int,
             max_graph_calls: int = 8) -> dict[str, dict[str, np.ndarray]]:
-    """Trajectories for each seed, plus graph I/O sampled from the first seed's calls."""
+    """Reference vectors: a trajectory per seed (the first with every graph call's output for
+    teacher forcing), the single-rate (refresh every step) trajectory of the first seed, and
+    graph I/O sampled from the first seed's calls."""
     out: dict[str, dict[str, np.ndarray]] = {}
-    graph_io: dict[str, list[dict[str, np.ndarray]]] = {}
-    shape = tuple(spec.model.sample_shape)
     for k, seed in enumerate(seeds):
         rec = RecordingRunner(runner)
-        labels = golden_labels(seed, batch, spec.model.num_classes)
-        noise = spec_noise(spec, batch, seed)
-        res = sample(rec, spec, labels, noise, record=True)
-        n = spec.sampler.num_steps
-        out[f"trajectory_seed{seed}"] = {
-            "seed": np.array(seed, np.uint64), "class_id": labels,
-            "noise": np.stack([noise.draw(i, shape) for i in range(n + 1)]),        # [N+1, B, C, H, W]
+        traj = _trajectory(rec, spec, seed, batch)
+        if k == 0:
+            traj.update(_teacher(spec, rec))
+            for graph, calls in (("encoder", rec.encoder_calls), ("denoiser", rec.denoiser_calls)):
+                picks = np.unique(np.linspace(0, len(calls) - 1, min(max_graph_calls, len(calls))).round().astype(int))
+                out[f"{graph}_io"] = {f"call{i}.{key}": val for i, c in enumerate(calls[j] for j in picks)
+                                      for key, val in c.items()}
+        out[f"trajectory_seed{seed}"] = traj
+    out[f"every_step_seed{seeds[0]}"] = _trajectory(runner, every_step(spec), seeds[0], batch)
+    return out
+
+
+def _trajectory(runner: Any, spec: Spec, seed: int, batch: int) -> dict[str, np.ndarray]:
+    labels = golden_labels(seed, batch, spec.model.num_classes)
+    noise = spec_noise(spec, batch, seed)
+    res = sample(runner, spec, labels, noise, record=True)
+    shape = tuple(spec.model.sample_shape)
+    return {"seed": np.array(seed, np.uint64), "class_id": labels,
+            "noise": np.stack([noise.draw(i, shape) for i in range(spec.sampler.num_steps + 1)]),  # [N+1, B, C, H, W]
             "z": np.stack(res.trajectory), "x0": np.stack(res.x0_estimates), "final": res.x,
             "refresh_cond": np.array(res.refresh_log["cond"], np.int64),
             "refresh_uncond": np.array(res.refresh_log["uncond"], np.int64)}
-        if k == 0:
-            graph_io = {"encoder": rec.encoder_calls, "denoiser": rec.denoiser_calls}
-    for graph, calls in graph_io.items():
-        picks = np.unique(np.linspace(0, len(calls) - 1, min(max_graph_calls, len(calls))).round().astype(int))
-        out[f"{graph}_io"] = {f"call{i}.{key}": val for i, c in enumerate(calls[j] for j in picks)
-                              for key, val in c.items()}
+
+
+def teacher_key(kind: str, step: int, branches: tuple[str, ...], output: str) -> str:
+    """Key of one recorded graph output in a trajectory file (teacher forcing)."""
+    return f"teacher.{kind}.s{step}.{'+'.join(branches)}.{output}"
+
+
+def _teacher(spec: Spec, rec: RecordingRunner) -> dict[str, np.ndarray]:
+    """Every encoder/denoiser output of the run, keyed by step and branch group (walks the call plan)."""
+    enc, den = iter(rec.encoder_calls), iter(rec.denoiser_calls)
+    out = {}
+    for i, calls in enumerate(call_plan(spec)):
+        for call in calls:
+            if call.refresh:
+                for key, val in next(enc).items():
+                    if key.startswith("out."):
+                        out[teacher_key("encoder", i, call.branches, key[4:])] = val
+            out[teacher_key("denoiser", i, call.branches, "prediction")] = next(den)["out.prediction"]
     return out
 
 
@@ -92,8 +117,10 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         for name in sorted(arrays):
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
+            arr = np.asarray(arrays[name])      # (np.ascontiguousarray would turn a 0-d scalar into 1-d)
             with zf.open(info, "w", force_zip64=True) as fh:
-                np.lib.format.write_array(fh, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+                np.lib.format.write_array(fh, arr if arr.flags.c_contiguous else arr.copy(order="C"),
+                                          allow_pickle=False)
 
 
 def graph_calls(data: dict[str, np.ndarray]) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:

@@ -78,11 +78,50 @@ class SampleResult:
     x0_estimates: list[np.ndarray] = field(default_factory=list)  # guided, clipped x0 per step (when recorded)
 
 
-class _Cache:
-    __slots__ = ("features", "step", "logsnr")
+@dataclass(frozen=True)
+class GroupCall:
+    """One group of branches evaluated together at a step (one encoder and/or denoiser call)."""
 
-    def __init__(self, features: Any, step: int, logsnr: float):
-        self.features, self.step, self.logsnr = features, step, logsnr
+    branches: tuple[str, ...]       # (cond,), (uncond,) or (cond, uncond) batched as 2B rows
+    refresh: bool                   # the encoder runs before the denoiser
+    ctx_step: int                   # the step whose encoder call filled the cache used here
+
+
+def call_plan(spec: Spec) -> list[list[GroupCall]]:
+    """The static schedule of graph calls, per step, in call order.
+
+    Which branches run and when the encoder refreshes depend only on the spec
+    (cache rule: refresh at a refresh step, when the group has no cache, or when
+    its cache predates the latest refresh step), so the plan is computed once;
+    the loop and the validator's teacher-forced layer both walk it.
+    """
+    s, g = spec.sampler, spec.guidance
+    logsnr = spec.sampler.tables.logsnr
+    refresh = set(spec.dual_rate.resolved_refresh_steps)
+    guided = [g.active(float(logsnr[i])) for i in range(s.num_steps)]
+    batched = all(guided)   # both branches live at every step: one 2B batch, identical schedules
+    cache_step: dict[tuple[str, ...], int] = {}
+    plan, last_refresh = [], 0
+    for i in range(s.num_steps):
+        if i in refresh:
+            last_refresh = i
+        if batched:
+            groups = [(COND, UNCOND)]
+        else:
+            groups = [(COND,), (UNCOND,)] if guided[i] else [(COND,)]
+        step = []
+        for grp in groups:
+            fresh = grp not in cache_step or i in refresh or cache_step[grp] < last_refresh
+            if fresh:
+                cache_step[grp] = i
+            step.append(GroupCall(grp, fresh, cache_step[grp]))
+        plan.append(step)
+    return plan
+
+
+def group_labels(labels: np.ndarray, null_class: int, branches: tuple[str, ...]) -> np.ndarray:
+    """Class ids of a group's rows: the labels for cond, the null id for uncond, cond rows first."""
+    return np.concatenate([labels if br == COND else np.full(len(labels), null_class, np.int64) for br in branches])
 
 
 def sample(runner: Runner, spec: Spec, class_ids: Sequence[int] | np.ndarray, noise: NoiseSource,
@@ -99,44 +138,32 @@ def sample(runner: Runner, spec: Spec, class_ids: Sequence[int] | np.ndarray, no
     coef_noise = np.asarray(tab.coef_noise, np.float32)
     alpha = np.asarray(tab.alpha, np.float32)
     sigma = np.asarray(tab.sigma, np.float32)
-    logsnr = np.asarray(tab.logsnr, np.float64)
-    refresh = set(spec.dual_rate.resolved_refresh_steps)
-    guided = [g.active(float(logsnr[i])) for i in range(s.num_steps)]
-    batched = all(guided)   # both branches live at every step: one 2B batch, identical schedules
-    null = np.full(b, m.null_class, dtype=np.int64)
-    group_labels = {(COND,): labels, (UNCOND,): null, (COND, UNCOND): np.concatenate([labels, null])}
+    logsnr = np.asarray(tab.logsnr, np.float32)
+    plan = call_plan(spec)
+    cls_of = {call.branches: group_labels(labels, m.null_class, call.branches) for step in plan for call in step}
 
     z = noise.draw(0, shape)
     _check_noise(z, b, shape, 0)
-    caches: dict[tuple[str, ...], _Cache] = {}
+    caches: dict[tuple[str, ...], Any] = {}
     log: dict[str, list[int]] = {COND: [], UNCOND: []}
     result = SampleResult(x=z, refresh_log=log)
-    last_refresh = 0
-    for i in range(s.num_steps):
-        if i in refresh:
-            last_refresh = i
-        lam_i = np.float32(logsnr[i])
-        if batched:
-            groups = [(COND, UNCOND)]
-        else:
-            groups = [(COND,), (UNCOND,)] if guided[i] else [(COND,)]
+    for i, calls in enumerate(plan):
         x0_by_branch: dict[str, np.ndarray] = {}
-        for grp in groups:
-            cls = group_labels[grp]
+        for call in calls:
+            cls = cls_of[call.branches]
             rows = len(cls)
             z_in = z if rows == b else np.concatenate([z] * (rows // b))    # [rows, C, H, W]
-            cache = caches.get(grp)
-            if cache is None or i in refresh or cache.step < last_refresh:
-                feats = runner.encode(z_in, np.full(rows, lam_i, np.float32), cls)
-                cache = caches[grp] = _Cache(feats, i, float(lam_i))
-                for br in grp:
+            lam = np.full(rows, logsnr[i], np.float32)
+            if call.refresh:
+                caches[call.branches] = runner.encode(z_in, lam, cls)
+                for br in call.branches:
                     log[br].append(i)
-            out = runner.denoise(z_in, np.full(rows, lam_i, np.float32), np.full(rows, cache.logsnr, np.float32),
-                                 cls, cache.features)
+            feats = caches[call.branches]
+            out = runner.denoise(z_in, lam, np.full(rows, logsnr[call.ctx_step], np.float32), cls, feats)
             if not np.all(np.isfinite(out)):
-                _raise_non_finite(runner, cache, i, grp)
+                _raise_non_finite(runner, feats, call.ctx_step, i, call.branches)
             x0 = to_x0(m.prediction, out, z_in, alpha[i], sigma[i])         # [rows, C, H, W]
-            for k, br in enumerate(grp):
+            for k, br in enumerate(call.branches):
                 x0_by_branch[br] = x0[k * b:(k + 1) * b]
         x0 = x0_by_branch[COND]
         if UNCOND in x0_by_branch:
@@ -172,13 +199,13 @@ def _check_noise(x: np.ndarray, b: int, shape: tuple[int, ...], index: int) -> N
         raise BadInputError(f"noise draw {index} has shape {tuple(x.shape)}; expected {(b, *shape)}")
 
 
-def _raise_non_finite(runner: Runner, cache: _Cache, step: int, grp: tuple[str, ...]) -> None:
+def _raise_non_finite(runner: Runner, features: Any, ctx_step: int, step: int, grp: tuple[str, ...]) -> None:
     """Name the graph that produced the NaN/Inf: the encoder if the cached features are bad."""
     to_host = getattr(runner, "features_to_numpy", None)
     branch = "+".join(grp)
     if to_host is not None:
-        for k, f in enumerate(to_host(cache.features)):
+        for k, f in enumerate(to_host(features)):
             if not np.all(np.isfinite(f)):
                 raise NonFiniteError(f"non-finite values (NaN/Inf) in encoder output {k} computed at step "
-                                     f"{cache.step} (branch {branch}), seen at step {step}")
+                                     f"{ctx_step} (branch {branch}), seen at step {step}")
     raise NonFiniteError(f"non-finite values (NaN/Inf) in the denoiser output at step {step} (branch {branch})")

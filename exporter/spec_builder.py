@@ -97,3 +97,19 @@ def assemble_spec(info: PairInfo, feature_shapes: Sequence[Sequence[int]], opts:
     )
     spec.validate()
     return spec
+
+
+def with_refresh_steps(spec: Spec, steps: Sequence[int], kind: str = "explicit") -> Spec:
+    """A copy of ``spec`` with another resolved refresh list (validated)."""
+    import dataclasses
+
+    params = {"steps": list(steps)} if kind == "explicit" else {"k": 1, "phase": 0}
+    dual = dataclasses.replace(spec.dual_rate, refresh=RefreshSpec(kind, params), resolved_refresh_steps=tuple(steps))
+    out = dataclasses.replace(spec, dual_rate=dual)
+    out.validate()
+    return out
+
+
+def every_step(spec: Spec) -> Spec:
+    """The same sampler with the encoder at every step: the heavy single-rate reference."""
+    return with_refresh_steps(spec, range(spec.sampler.num_steps), kind="every_k")

@@ -1,0 +1,108 @@
+"""``dualrate validate``: layered parity of a compiled bundle, reports, and the planted-fault self-test."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_validate_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check a compiled bundle against the reference sampler, fail-closed",
+                       description="Run the parity layers (graph, teacher-forced steps, free-running sampler, "
+                                   "refresh audit, cache == no-cache) of BUNDLE on --target. Exit 0 PASSED, "
+                                   "1 FAILED, 3 NOT RUN (a check could not run here; never counted as passed).")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--target", required=True, help="onnxruntime, openvino, coreml or tensorrt")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--reference", choices=("auto", "torch", "golden"), default="auto",
+                   help="torch: recompute from the checkpoint; golden: the bundle's vectors (no PyTorch model needed)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for --reference torch")
+    p.add_argument("--report", type=Path, default=None, metavar="DIR", help="write report.json, report.html, PNGs")
+    p.add_argument("--junit", type=Path, default=None, metavar="FILE", help="JUnit XML for CI")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="the results document")
+    p.add_argument("--gates", type=Path, default=None, metavar="FILE",
+                   help='JSON overrides: {"*": {"rel_l2": 2e-4}, "encoder/feat0": {...}, "final": {"psnr_db": 50}}')
+    p.add_argument("--gate", action="append", default=[], metavar="KEY:FIELD=VALUE",
+                   help="one override, e.g. denoiser/prediction:rel_l2=2e-4 (repeatable)")
+    p.add_argument("--gate-precision", default=None, help="judge with this precision's gates instead of the effective one")
+    p.add_argument("--self-test", action="store_true", help="plant each known fault and show that every one is caught")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(handler=_validate)
+
+
+def gate_overrides(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    from exporter.errors import BadInputError
+
+    out: dict[str, dict[str, float]] = {}
+    if args.gates:
+        try:
+            data = json.loads(args.gates.read_text())
+        except FileNotFoundError:
+            raise BadInputError(f"--gates {args.gates}: file not found") from None
+        except json.JSONDecodeError as exc:
+            raise BadInputError(f"--gates {args.gates}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise BadInputError(f"--gates {args.gates}: expected an object of objects, e.g. "
+                                '{"*": {"rel_l2": 2e-4}}')
+        out = {k: dict(v) for k, v in data.items()}
+    for item in args.gate:
+        key, _, rest = item.rpartition(":")
+        field, _, value = rest.partition("=")
+        try:
+            out.setdefault(key or "*", {})[field] = float(value)
+        except ValueError:
+            raise BadInputError(f"--gate {item!r}: expected KEY:FIELD=NUMBER, e.g. encoder/feat0:rel_l2=2e-4") from None
+    fields = {"rel_l2", "cosine", "psnr_db"}
+    for key, vals in out.items():
+        bad = sorted(set(vals) - fields)
+        if bad:
+            raise BadInputError(f"gate override {key!r} has unknown field(s) {bad}; fields are {sorted(fields)}")
+    return out
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from validation.reports import console_summary, write_html, write_json, write_junit
+    from validation.validate import ValidateOptions, validate
+
+    opts = ValidateOptions(target=args.target, precision=args.precision, reference=args.reference,
+                           checkpoint=args.checkpoint, gate_precision=args.gate_precision,
+                           gate_overrides=gate_overrides(args), threads=args.threads)
+    if args.self_test:
+        return _self_test(args, opts)
+    doc, arrays = validate(args.bundle, opts)
+    if args.json:
+        write_json(doc, args.json)
+    if args.junit:
+        write_junit(doc, args.junit)
+    if args.report:
+        write_json(doc, args.report / "report.json")
+        html = write_html(doc, arrays, args.report, data_range=_data_range(args.bundle))
+        print(f"report: {html}", file=sys.stderr)
+    print(console_summary(doc))
+    return int(doc["exit_code"])
+
+
+def _data_range(bundle: Path) -> tuple[float, float]:
+    from exporter.bundle import open_bundle
+    return tuple(open_bundle(bundle).spec.model.data_range)
+
+
+def _self_test(args: argparse.Namespace, opts) -> int:
+    from validation.faults import self_test
+
+    res = self_test(args.bundle, opts, progress=lambda m: print(f"  {m}", file=sys.stderr))
+    print(f"clean run: {res['clean_verdict']}")
+    for row in res["faults"]:
+        ff = row["first_failure"] or {}
+        state = "not applicable" if row["caught"] is None else ("CAUGHT" if row["caught"] else "MISSED")
+        where = f" at {ff.get('layer')} {ff.get('graph')}/{ff.get('output')}: {'; '.join(ff.get('reasons', []))}" if ff else ""
+        print(f"  {row['fault']:24s} {state}{where}{' (' + row['note'] + ')' if row['note'] else ''}")
+    if args.json:
+        from validation.reports import write_json
+        write_json(res, args.json)
+    verdict = "PASSED" if res["passed"] else "FAILED"
+    print(f"{verdict}: self-test caught {res['caught']} of {res['applicable']} planted faults"
+          + ("" if res["clean_verdict"] == "PASSED" else f"; the clean bundle itself is {res['clean_verdict']}"))
+    return 0 if res["passed"] else 1

@@ -1,0 +1,195 @@
+"""``dualrate validate``: the layered, fail-closed parity check of a compiled bundle.
+
+Order (the first failing layer is reported): structural (targets that have it),
+graph, teacher-forced, free-running, refresh audit, cache == no-cache. Gates key
+on the *effective* precision the backend reports. A layer that cannot run here
+is "not run" with its reason and never counts as passed; the verdict is then
+NOT RUN (exit 3) unless something that did run failed (FAILED, exit 1).
+
+The reference is either the live PyTorch checkpoint (the manifest's, verified by
+sha256, or ``checkpoint=``) or the bundle's golden vectors, so a machine without
+PyTorch can validate itself; both feed the same code as one vectors dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from exporter.bundle import Bundle, open_bundle, sha256_file
+from exporter.errors import BackendUnavailableError, BadInputError
+from exporter.spec import Spec
+
+from .gates import Gate, gate_for
+from .graph_parity import CheckResult, graph_level
+from .layers import cache_equivalence, free_running, refresh_audit, teacher_forced
+
+LAYERS = ("structural", "graph", "teacher_forced", "free_running", "refresh_audit", "cache_equivalence")
+NUMERIC_LAYERS = LAYERS[1:]
+
+
+@dataclass
+class ValidateOptions:
+    target: str = "onnxruntime"
+    precision: str = "fp32"
+    reference: str = "auto"                  # torch | golden | auto (torch when the checkpoint is reachable)
+    checkpoint: Path | None = None
+    gate_precision: str | None = None        # judge with this precision's gate instead of the effective one
+    gate_overrides: dict[str, dict[str, float]] = field(default_factory=dict)   # "*", "<graph>/<output>", "final"
+    threads: int = 0
+    # fault injection for the self-test: wrap the backend runner / give the backend another spec
+    runner_wrapper: Callable[[Any], Any] | None = None
+    backend_spec: Spec | None = None
+
+
+def validate(bundle_path: str | Path, opts: ValidateOptions) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Run every layer; returns the results document and the arrays the HTML report shows."""
+    from targets.base import get_target
+
+    bundle = open_bundle(bundle_path)
+    target = get_target(opts.target)
+    target.check_precision(opts.precision)
+    doc = _header(bundle, opts)
+    layers: dict[str, dict[str, Any]] = {}
+    arrays: dict[str, np.ndarray] = {}
+    reason = target.available()
+    compiled = None
+    if reason is None:
+        try:
+            compiled = target.compile(bundle, opts.precision)
+        except BackendUnavailableError as exc:
+            reason = str(exc)
+    if compiled is None:
+        for name in LAYERS:
+            layers[name] = _not_run(name, f"target {target.name} is not usable here: {reason}")
+        return _finish(doc, layers, None), arrays
+    doc["target"].update(_target_info(compiled))
+    structural = target.structural_checks(bundle, compiled)
+    layers["structural"] = (_layer("structural", [_structural(c) for c in structural]) if structural
+                            else _not_run("structural", f"target {target.name} has no structural checks (numeric layers cover it)"))
+    numeric_reason = target.numeric_unavailable()
+    if numeric_reason:
+        for name in NUMERIC_LAYERS:
+            layers[name] = _not_run(name, numeric_reason)
+        return _finish(doc, layers, None), arrays
+    runner = target.open_runner(bundle, compiled, threads=opts.threads)
+    if opts.runner_wrapper is not None:
+        runner = opts.runner_wrapper(runner)
+    vectors, doc["reference"] = reference_vectors(bundle, opts)
+    precision = opts.gate_precision or compiled.effective_precision
+    gate = gate_for(precision, **opts.gate_overrides.get("*", {}))
+    doc["gates"] = {precision: dataclasses.asdict(gate)}
+    names = [o.name for o in bundle.spec.model.encoder.outputs]
+    spec = bundle.spec
+    trajectories = {k: v for k, v in vectors.items() if k.startswith("trajectory_seed")}
+    first = trajectories[sorted(trajectories)[0]]
+    doc["shapes"] = {"batch": int(len(first["class_id"])), "steps": spec.sampler.num_steps}
+    layers["graph"] = _layer("graph", graph_level(runner, vectors, names, gate, opts.gate_overrides))
+    layers["teacher_forced"] = _layer("teacher_forced", teacher_forced(runner, spec, first, names, gate))
+    fr, drift, arrays = free_running(runner, spec, trajectories, _final_gate(gate, opts), opts.backend_spec)
+    layers["free_running"] = _layer("free_running", fr)
+    layers["refresh_audit"] = _layer("refresh_audit", refresh_audit(spec, fr))
+    every = next(v for k, v in vectors.items() if k.startswith("every_step_seed"))
+    layers["cache_equivalence"] = _layer("cache_equivalence",
+                                         cache_equivalence(runner, spec, every, _final_gate(gate, opts), opts.backend_spec))
+    return _finish(doc, layers, drift), arrays
+
+
+def reference_vectors(bundle: Bundle, opts: ValidateOptions) -> tuple[dict[str, dict[str, np.ndarray]], str]:
+    """The reference as one vectors dict: recomputed from the checkpoint, or the bundle's golden files."""
+    src = bundle.manifest.get("source_checkpoint", {})
+    path = opts.checkpoint or (Path(src["path"]) if src.get("path") else None)
+    use_torch = opts.reference == "torch" or (opts.reference == "auto" and path is not None and path.exists())
+    if not use_torch:
+        if opts.reference not in ("golden", "auto"):
+            raise BadInputError(f"--reference {opts.reference!r}: expected torch, golden or auto")
+        return {name: bundle.golden(name) for name in bundle.golden_names()}, "golden"
+    if path is None or not path.exists():
+        raise BadInputError(f"--reference torch needs the checkpoint; the manifest names {src.get('path')!r}, which "
+                            "does not exist here. Pass --checkpoint PATH or use --reference golden")
+    from exporter.checkpoint import load_checkpoint
+    from exporter.golden import capture
+    from exporter.torch_runner import TorchReferenceRunner
+
+    ckpt = load_checkpoint(path)
+    if ckpt.sha256 != src.get("sha256"):
+        raise BadInputError(f"checkpoint {path} has sha256 {ckpt.sha256[:12]}…, but the bundle was exported from "
+                            f"{str(src.get('sha256'))[:12]}…; pass the checkpoint it came from, or --reference golden")
+    export = bundle.manifest.get("export_options", {})
+    vectors = capture(TorchReferenceRunner(ckpt.pair), bundle.spec, tuple(export.get("golden_seeds", (0, 1))),
+                      int(export.get("golden_batch", 2)))
+    return vectors, "torch"
+
+
+def _final_gate(gate: Gate, opts: ValidateOptions) -> Gate:
+    return dataclasses.replace(gate, **opts.gate_overrides.get("final", {}))
+
+
+def _header(bundle: Bundle, opts: ValidateOptions) -> dict[str, Any]:
+    from dualrate import __version__
+
+    return {"tool": "dualrate validate", "format_version": 1, "dualrate_version": __version__,
+            "bundle": {"path": str(bundle.path), "spec_sha256": bundle.file_hash("spec.json"),
+                       "graphs": {g: bundle.file_hash(f"{g}.onnx") for g in ("encoder", "denoiser")},
+                       "source_checkpoint_sha256": bundle.manifest.get("source_checkpoint", {}).get("sha256")},
+            "target": {"backend": opts.target, "requested_precision": opts.precision, "effective_precision": None},
+            "reference": opts.reference, "gates": {}, "shapes": {}}
+
+
+def _target_info(compiled: Any) -> dict[str, Any]:
+    rec = compiled.record
+    return {"effective_precision": rec.get("effective_precision"), "runtime_version": rec.get("runtime_version"),
+            "device": rec.get("device"), "note": rec.get("note"), "artifacts": rec.get("files", {})}
+
+
+def _structural(check: dict[str, Any]) -> CheckResult:
+    return CheckResult("structural", check.get("graph", "bundle"), check["name"], None,
+                       [] if check["passed"] else [check.get("detail", "failed")], {"info": check.get("detail")})
+
+
+def _layer(name: str, checks: list[CheckResult]) -> dict[str, Any]:
+    return {"layer": name, "status": "passed" if all(c.passed for c in checks) else "failed", "reason": None,
+            "checks": [c.to_dict() for c in checks]}
+
+
+def _not_run(name: str, reason: str) -> dict[str, Any]:
+    return {"layer": name, "status": "not_run", "reason": reason, "checks": []}
+
+
+def _finish(doc: dict[str, Any], layers: dict[str, dict[str, Any]], drift: Any) -> dict[str, Any]:
+    doc["layers"] = [layers[name] for name in LAYERS if name in layers]
+    doc["drift"] = drift
+    first = None
+    for layer in doc["layers"]:
+        for c in layer["checks"]:
+            if not c["passed"]:
+                m = c.get("metrics") or {}
+                first = {"layer": layer["layer"], "graph": c["graph"], "output": c["output"], "step": c.get("step"),
+                         "reasons": c["reasons"], "min_atol_at_rtol": m.get("min_atol_at_rtol")}
+                break
+        if first:
+            break
+    numeric_ran = any(l["status"] != "not_run" for l in doc["layers"] if l["layer"] in NUMERIC_LAYERS)
+    if first:
+        doc["verdict"], doc["exit_code"] = "FAILED", 1
+    elif not numeric_ran:
+        doc["verdict"], doc["exit_code"] = "NOT RUN", 3
+    else:
+        doc["verdict"], doc["exit_code"] = "PASSED", 0
+    doc["first_failure"] = first
+    doc["not_run_reason"] = next((l["reason"] for l in doc["layers"]
+                                  if l["status"] == "not_run" and l["layer"] in NUMERIC_LAYERS), None)
+    return doc
+
+
+def artifact_hashes(paths: list[Path]) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in paths}
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=1, sort_keys=True, allow_nan=False)
