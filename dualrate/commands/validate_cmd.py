@@ -63,7 +63,6 @@ def gate_overrides(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from validation.reports import console_summary, write_html, write_json, write_junit
     from validation.validate import ValidateOptions, validate
 
     opts = ValidateOptions(target=args.target, precision=args.precision, reference=args.reference,
@@ -72,6 +71,8 @@ def _validate(args: argparse.Namespace) -> int:
     if args.self_test:
         return _self_test(args, opts)
     doc, arrays = validate(args.bundle, opts)
+    from validation.reports import console_summary, write_html, write_json, write_junit
+
     if args.json:
         write_json(doc, args.json)
     if args.junit:

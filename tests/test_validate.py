@@ -1,0 +1,129 @@
+"""``dualrate validate``: layers, references, gates, NOT RUN, self-test, reports via the CLI."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from exporter.export import ExportOptions
+from exporter.spec_builder import SamplerOptions
+from tests.conftest import run_cli
+from validation.export_check import export_bundle
+from validation.faults import FAULTS, bf16_round, self_test
+from validation.validate import LAYERS, ValidateOptions, validate
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, tiny_checkpoint):
+    out = tmp_path_factory.mktemp("v") / "bundle"
+    opts = ExportOptions(sampler=SamplerOptions(num_steps=10, guidance=2.0, refresh_params={"k": 4, "phase": 0}))
+    return export_bundle(tiny_checkpoint, out, opts).bundle.path
+
+
+def _summary(doc):
+    return [(layer["layer"], layer["status"]) for layer in doc["layers"]]
+
+
+def test_all_layers_pass_and_both_references_agree(bundle):
+    docs = {ref: validate(bundle, ValidateOptions(reference=ref))[0] for ref in ("torch", "golden")}
+    for ref, doc in docs.items():
+        assert doc["verdict"] == "PASSED" and doc["exit_code"] == 0, doc["first_failure"]
+        assert doc["reference"] == ref
+        assert _summary(doc) == [("structural", "not_run")] + [(name, "passed") for name in LAYERS[1:]]
+        assert doc["target"]["effective_precision"] == "fp32" and doc["gates"]["fp32"]["rel_l2"] == 1e-4
+    a, b = (docs[r]["layers"] for r in ("torch", "golden"))
+    for la, lb in zip(a, b):
+        assert [c["passed"] for c in la["checks"]] == [c["passed"] for c in lb["checks"]]
+    free = next(layer for layer in docs["torch"]["layers"] if layer["layer"] == "free_running")
+    assert all(c["metrics"]["psnr_db"] is None or c["metrics"]["psnr_db"] >= 60 for c in free["checks"])
+    assert docs["torch"]["drift"]["refresh_steps"] == [0, 4, 8] and len(docs["torch"]["drift"]["rel_l2"]) == 10
+
+
+def test_teacher_forced_covers_every_step_and_refresh(bundle):
+    doc, _ = validate(bundle, ValidateOptions(reference="golden"))
+    tf = {c["graph"] + "/" + c["output"]: c for c in next(l for l in doc["layers"] if l["layer"] == "teacher_forced")["checks"]}
+    assert tf["denoiser/prediction"]["detail"]["steps"] == list(range(10))
+    assert tf["encoder/feat0"]["detail"]["steps"] == [0, 4, 8]
+
+
+def test_strict_gate_fails_and_names_layer_graph_output_and_tolerance(bundle, tmp_path):
+    res = run_cli("validate", str(bundle), "--target", "onnxruntime", "--reference", "golden",
+                  "--gate", "*:rel_l2=1e-12", "--json", str(tmp_path / "r.json"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    last = res.stdout.strip().splitlines()[-1]
+    assert last.startswith("FAILED") and "graph" in last and "encoder" in last and "feat0" in last
+    doc = json.loads((tmp_path / "r.json").read_text())
+    ff = doc["first_failure"]
+    assert (ff["layer"], ff["graph"], ff["output"]) == ("graph", "encoder", "feat0")
+    assert ff["min_atol_at_rtol"] > 0
+
+
+def test_bad_gate_override_is_a_usage_error(bundle):
+    res = run_cli("validate", str(bundle), "--target", "onnxruntime", "--gate", "*:psnr=3")
+    assert res.returncode == 2 and "unknown field(s) ['psnr']" in res.stderr
+
+
+def test_unavailable_backend_is_not_run_exit_3_and_skipped_in_junit(bundle, tmp_path):
+    res = run_cli("validate", str(bundle), "--target", "tensorrt", "--junit", str(tmp_path / "j.xml"),
+                  "--json", str(tmp_path / "r.json"))
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert res.stdout.strip().splitlines()[-1].startswith("NOT RUN")
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["verdict"] == "NOT RUN" and all(layer["status"] == "not_run" for layer in doc["layers"])
+    suite = ET.parse(tmp_path / "j.xml").getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    assert int(suite.get("skipped")) == int(suite.get("tests")) and int(suite.get("failures")) == 0
+
+
+def test_cli_passes_and_writes_three_report_forms(bundle, tmp_path):
+    res = run_cli("validate", str(bundle), "--target", "onnxruntime", "--report", str(tmp_path / "rep"),
+                  "--junit", str(tmp_path / "j.xml"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "PASSED"
+    doc = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert doc["verdict"] == "PASSED"
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "PASSED" in html and "<svg" in html
+    pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
+    assert len(pngs) >= 3
+    suite = ET.parse(tmp_path / "j.xml").getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    assert int(suite.get("failures")) == 0 and int(suite.get("tests")) >= 5
+
+
+def test_reference_torch_with_the_wrong_checkpoint_is_refused(bundle, tmp_path):
+    res = run_cli("init", "--config", "tiny", "-o", str(tmp_path / "other"), "--seed", "9")
+    assert res.returncode == 0
+    res = run_cli("validate", str(bundle), "--target", "onnxruntime", "--reference", "torch",
+                  "--checkpoint", str(tmp_path / "other"))
+    assert res.returncode == 2 and "the bundle was exported from" in res.stderr
+
+
+def test_self_test_catches_every_planted_fault(bundle):
+    res = self_test(bundle, ValidateOptions(reference="golden"))
+    assert res["clean_verdict"] == "PASSED"
+    assert [r["fault"] for r in res["faults"]] == list(FAULTS)
+    missed = [r for r in res["faults"] if not r["caught"]]
+    assert not missed, missed
+    assert res["caught"] == res["applicable"] == 6 and res["passed"]
+    layers = {r["fault"]: r["first_failure"]["layer"] for r in res["faults"]}
+    assert layers["refresh_shifted"] in ("free_running", "refresh_audit")
+
+
+def test_self_test_cli(bundle):
+    res = run_cli("validate", str(bundle), "--target", "onnxruntime", "--self-test", "--reference", "golden")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "PASSED: self-test caught 6 of 6 planted faults" in res.stdout
+    assert res.stdout.count("CAUGHT") == 6
+
+
+def test_bf16_rounding_is_bfloat16():
+    import numpy as np
+    # bf16 keeps 8 significant bits: the spacing at 1.0 is 2^-7
+    x = np.array([1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -9, 3.14159265], np.float32)
+    got = bf16_round(x)
+    assert got.tolist() == [1.0, 1.0, 1 + 2 ** -6, 1.0, 3.140625]   # ties go to even
