@@ -1,9 +1,10 @@
 """One module per group of subcommands; each exposes ``add_*`` to register its parsers."""
 
+from .doctor_cmd import add_doctor_command
 from .export_cmd import add_export_commands
 from .model_cmds import add_model_commands
 from .sample_cmd import add_sample_command
 from .spec_cmds import add_spec_commands
 from .validate_cmd import add_validate_command
 
-__all__ = ["add_export_commands", "add_model_commands", "add_sample_command", "add_spec_commands", "add_validate_command"]
+__all__ = ["add_doctor_command", "add_export_commands", "add_model_commands", "add_sample_command", "add_spec_commands", "add_validate_command"]

@@ -1,0 +1,293 @@
+"""The OpenVINO target: precision forced and read back, parity per effective precision, feature lifetime.
+
+Measured numbers are printed (run with ``-s`` to see them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+
+from exporter.bundle import GRAPHS, open_bundle, write_manifest
+from exporter.errors import BackendUnavailableError, BadInputError
+from exporter.export import ExportOptions
+from exporter.sampling import sample, spec_noise
+from exporter.spec_builder import SamplerOptions
+from exporter.torch_runner import TorchReferenceRunner
+from targets.base import Compiled, get_target
+from tests.conftest import REPO
+from validation.export_check import export_bundle
+from validation.gates import gate_for
+from validation.graph_parity import graph_level
+from validation.metrics import compare
+
+ov = pytest.importorskip("openvino")
+pytestmark = pytest.mark.slow
+
+OPTS = ExportOptions(sampler=SamplerOptions(num_steps=8, guidance=2.0, refresh_params={"k": 3, "phase": 0}))
+LABELS = np.arange(4) % 10
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, tiny_checkpoint):
+    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("ov") / "bundle", OPTS).bundle
+
+
+@pytest.fixture(scope="module")
+def target():
+    t = get_target("openvino")
+    if t.available():
+        pytest.skip(t.available())
+    return t
+
+
+@pytest.fixture(scope="module")
+def vectors(bundle):
+    return {g: bundle.golden(g) for g in ("encoder_io", "denoiser_io")}
+
+
+@pytest.fixture(scope="module")
+def reference_samples(bundle, pair):
+    return sample(TorchReferenceRunner(pair), bundle.spec, LABELS, spec_noise(bundle.spec, len(LABELS), seed=SEED)).x
+
+
+@pytest.fixture(scope="module")
+def fp32(bundle, target):
+    compiled = target.compile(bundle, "fp32")
+    return compiled, target.open_runner(bundle, compiled)
+
+
+@pytest.fixture(scope="module")
+def bf16(bundle, target):
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" not in caps:
+        pytest.skip(f"this CPU has no native bf16 (OPTIMIZATION_CAPABILITIES {caps}); OpenVINO would not run bf16")
+    compiled = target.compile(bundle, "bf16")
+    return compiled, target.open_runner(bundle, compiled)
+
+
+def feature_names(bundle) -> list[str]:
+    return [o.name for o in bundle.spec.model.encoder.outputs]
+
+
+def parity_report(label: str, results) -> None:
+    for r in results:
+        m = r.metrics
+        print(f"\n[openvino {label}] graph {r.graph:8s} {r.output:10s} rel-L2 {m.rel_l2:.3e} "
+              f"(worst call {r.detail['worst_call_rel_l2']:.3e}) cosine {m.cosine:.8f} PSNR {m.psnr_db:.1f} dB "
+              f"{'PASS' if r.passed else 'FAIL ' + '; '.join(r.reasons)}")
+
+
+def sample_on(runner, bundle) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    x = sample(runner, bundle.spec, LABELS, spec_noise(bundle.spec, len(LABELS), seed=SEED)).x
+    return x, time.perf_counter() - start
+
+
+def test_fp32_is_forced_and_the_record_says_so(bundle, target, fp32):
+    compiled, runner = fp32
+    rec = json.loads((compiled.path / "compile.json").read_text())
+    assert compiled.path == bundle.path / "targets" / "openvino-fp32"
+    assert sorted(p.name for p in compiled.path.iterdir()) == ["compile.json", "denoiser.bin", "denoiser.xml",
+                                                               "encoder.bin", "encoder.xml"]
+    assert rec["requested_precision"] == rec["effective_precision"] == "fp32" and "note" not in rec
+    assert rec["properties"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert rec["properties"]["PERFORMANCE_HINT"] == "LATENCY" and rec["properties"]["NUM_STREAMS"] == "1"
+    assert rec["device"] == ov.Core().get_property("CPU", "FULL_DEVICE_NAME")
+    assert rec["runtime_version"] == ov.__version__ and rec["weights_compressed_to_fp16"] is False
+    for g in ("encoder", "denoiser"):
+        info = rec["graphs"][g]
+        assert info["inference_precision_hint"] == "f32" and info["properties_read_back"]["INFERENCE_PRECISION_HINT"] == "f32"
+        assert set(info["executed_layer_precisions"]) == {"f32"}, info     # not one layer lowered
+    assert runner.effective_precision == "fp32"
+    checks = target.structural_checks(bundle, compiled)
+    assert len(checks) == 5 and all(c["passed"] for c in checks), checks
+
+
+def test_the_cpu_plugin_default_would_not_be_fp32_here(bundle, fp32):
+    """Why fp32 must be forced: without the hint, a bf16-capable CPU runs bf16 and says so only if asked."""
+    core = ov.Core()
+    if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no native bf16, so the plugin default is f32 anyway")
+    compiled, _ = fp32
+    default = core.compile_model(str(compiled.path / "encoder.xml"), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+    assert default.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "bf16"
+
+
+def test_fp32_graph_parity_and_sampling_match_pytorch(bundle, fp32, vectors, reference_samples):
+    compiled, runner = fp32
+    results = graph_level(runner, vectors, feature_names(bundle), gate_for("fp32"))
+    parity_report("fp32", results)
+    assert {(r.graph, r.output) for r in results} == {("encoder", "feat0"), ("encoder", "feat1"),
+                                                      ("denoiser", "prediction")}
+    assert all(r.passed for r in results), [r.reasons for r in results]
+    x, seconds = sample_on(runner, bundle)
+    m = compare(x, reference_samples)
+    print(f"\n[openvino fp32] samples vs PyTorch: rel-L2 {m.rel_l2:.3e} PSNR {m.psnr_db:.1f} dB; "
+          f"{len(LABELS)} samples x {bundle.spec.sampler.num_steps} steps in {seconds * 1e3:.1f} ms")
+    assert m.psnr_db >= 60.0 and not gate_for("fp32").check(m, final_sample=True), m
+
+
+def test_bf16_is_read_back_passes_bf16_gates_and_fails_fp32_gates(bundle, bf16, vectors, reference_samples):
+    compiled, runner = bf16
+    rec = compiled.record
+    assert rec["requested_precision"] == rec["effective_precision"] == "bf16" and runner.effective_precision == "bf16"
+    for g in ("encoder", "denoiser"):
+        info = rec["graphs"][g]
+        assert info["inference_precision_hint"] == "bf16" and info["executed_layer_precisions"].get("bf16", 0) > 0
+        assert info["kept_f32"] and info["kept_f32_executed"].get("f32", 0) > 0    # sin/cos arguments stay f32
+    results = graph_level(runner, vectors, feature_names(bundle), gate_for("bf16"))
+    parity_report("bf16", results)
+    assert all(r.passed for r in results), [r.reasons for r in results]
+    # the SAME numbers judged as if the backend had claimed fp32: every output must fail
+    fp32_gate = gate_for("fp32")
+    verdicts = {(r.graph, r.output): fp32_gate.check(r.metrics) for r in results}
+    print(f"\n[openvino bf16] under the fp32 gate: {verdicts}")
+    assert all(verdicts.values()), verdicts
+    x, seconds = sample_on(runner, bundle)
+    m = compare(x, reference_samples)
+    print(f"\n[openvino bf16] samples vs PyTorch: rel-L2 {m.rel_l2:.3e} PSNR {m.psnr_db:.1f} dB; "
+          f"{seconds * 1e3:.1f} ms")
+    assert not gate_for("bf16").check(m, final_sample=True), m
+    assert gate_for("fp32").check(m, final_sample=True), m
+
+
+def test_runner_refuses_a_record_that_overstates_the_precision(bundle, target, bf16):
+    compiled, _ = bf16
+    forged = Compiled(compiled.path, {**compiled.record, "effective_precision": "fp32"})
+    with pytest.raises(BackendUnavailableError, match=r"runs the compiled models in bf16, but they were compiled "
+                                                      r"and recorded as fp32; recompile"):
+        target.open_runner(bundle, forged)
+
+
+def test_fp16_record_is_what_the_plugin_reports(bundle, target, vectors, reference_samples):
+    compiled = target.compile(bundle, "fp16")
+    rec = compiled.record
+    runner = target.open_runner(bundle, compiled)
+    core = ov.Core()
+    for g in ("encoder", "denoiser"):
+        model = core.compile_model(str(compiled.path / f"{g}.xml"), "CPU", rec["properties"])
+        really = model.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        assert rec["graphs"][g]["inference_precision_hint"] == really
+    assert runner.effective_precision == rec["effective_precision"]
+    if rec["effective_precision"] != "fp16":
+        assert "note" in rec and f"runs {rec['effective_precision']}" in rec["note"]
+    else:
+        assert "note" not in rec
+    results = graph_level(runner, vectors, feature_names(bundle), gate_for(rec["effective_precision"]))
+    parity_report(f"fp16 (effective {rec['effective_precision']})", results)
+    assert all(r.passed for r in results), [r.reasons for r in results]
+    x, seconds = sample_on(runner, bundle)
+    m = compare(x, reference_samples)
+    print(f"\n[openvino fp16 -> {rec['effective_precision']}] samples vs PyTorch: rel-L2 {m.rel_l2:.3e} "
+          f"PSNR {m.psnr_db:.1f} dB; {seconds * 1e3:.1f} ms")
+    assert not gate_for(rec["effective_precision"]).check(m, final_sample=True), m
+
+
+def test_features_are_ov_tensors_that_outlive_the_next_encode(bundle, fp32):
+    _, runner = fp32
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    lam = np.full(2, 0.5, np.float32)
+    cond = runner.encode(z, lam, np.array([1, 2], np.int64))
+    assert all(isinstance(f, ov.Tensor) for f in cond)
+    saved = [f.copy() for f in runner.features_to_numpy(cond)]
+    # the other guidance branch refreshes on the same request: it must not write into cond's tensors
+    uncond = runner.encode(-z, lam, np.array([10, 10], np.int64))
+    after = runner.features_to_numpy(cond)
+    for before, now, other in zip(saved, after, runner.features_to_numpy(uncond)):
+        np.testing.assert_array_equal(now, before)
+        assert not np.allclose(now, other)
+    # zero-copy tensors and numpy copies of them give the same prediction
+    args = (z, lam, lam, np.array([1, 2], np.int64))
+    np.testing.assert_array_equal(runner.denoise(*args, cond), runner.denoise(*args, saved))
+    first = runner.denoise(*args, cond)
+    runner.denoise(-z, lam, lam, np.array([10, 10], np.int64), uncond)
+    np.testing.assert_array_equal(first, runner.denoise(*args, cond))   # predictions are not aliased either
+
+
+def test_compile_cache_is_reused(bundle, target, fp32):
+    compiled, _ = fp32
+    stamp = {p.name: p.stat().st_mtime_ns for p in compiled.path.iterdir()}
+    start = time.perf_counter()
+    again = target.compile(bundle, "fp32")
+    assert again.record == compiled.record
+    assert {p.name: p.stat().st_mtime_ns for p in again.path.iterdir()} == stamp
+    assert time.perf_counter() - start < 2.0
+
+
+def test_bad_inputs_are_bad_input_errors_naming_the_graph(fp32):
+    _, runner = fp32
+    lam, cls = np.zeros(2, np.float32), np.zeros(2, np.int64)
+    with pytest.raises(BadInputError, match=r"openvino rejected the encoder inputs: input 'z' has shape \(2, 3, 8, 8\), "
+                                            r"expected \('\?', 1, 8, 8\)"):
+        runner.encode(np.zeros((2, 3, 8, 8), np.float32), lam, cls)
+    with pytest.raises(BadInputError, match="encoder inputs: input 'z' has dtype float64, expected float32"):
+        runner.encode(np.zeros((2, 1, 8, 8)), lam, cls)
+    with pytest.raises(BadInputError, match="encoder inputs: input 'class_id' has batch 3, other inputs have 2"):
+        runner.encode(np.zeros((2, 1, 8, 8), np.float32), lam, np.zeros(3, np.int64))
+    feats = runner.encode(np.zeros((2, 1, 8, 8), np.float32), lam, cls)
+    with pytest.raises(BadInputError, match="denoiser inputs: 1 feature tensors given, the graph takes 2"):
+        runner.denoise(np.zeros((2, 1, 8, 8), np.float32), lam, lam, cls, feats[:1])
+    with pytest.raises(BadInputError, match="denoiser inputs: input 'feat0' has batch 2, other inputs have 3"):
+        runner.denoise(np.zeros((3, 1, 8, 8), np.float32), np.zeros(3, np.float32), np.zeros(3, np.float32),
+                       np.zeros(3, np.int64), feats)
+
+
+def static_copy(bundle, dest, rows: int):
+    """The module's bundle with its batch axis fixed to ``rows``, as ``--static-batch`` exports it.
+
+    A real static export costs two more dynamo exports (~15 s on these machines); OpenVINO
+    sees the same thing either way: ONNX graphs whose inputs and outputs have a static batch.
+    """
+    shutil.copytree(bundle.path, dest, ignore=shutil.ignore_patterns("targets", "manifest.json"))
+    for g in GRAPHS:
+        model = onnx.load(str(dest / f"{g}.onnx"))
+        del model.graph.value_info[:]
+        for v in (*model.graph.input, *model.graph.output):
+            v.type.tensor_type.shape.dim[0].dim_value = rows      # replaces the "batch" dim_param
+        onnx.save(model, str(dest / f"{g}.onnx"))
+    spec = json.loads((dest / "spec.json").read_text())
+    for io in (spec["model"]["encoder"], spec["model"]["denoiser"]):
+        for t in (*io["inputs"], *io["outputs"]):
+            t["shape"] = [rows if d == "batch" else d for d in t["shape"]]
+    (dest / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
+    info = {k: v for k, v in bundle.manifest.items() if k not in ("format", "format_version", "files")}
+    info["graph_rows"] = {**info["graph_rows"], "static": rows}
+    write_manifest(dest, info)
+    return open_bundle(dest)
+
+
+def test_static_batch_bundle(bundle, target, vectors, tmp_path, pair):
+    rows = bundle.manifest["graph_rows"]["golden"]             # the golden vectors' row count: parity still runs
+    static = static_copy(bundle, tmp_path / "static", rows)
+    compiled = target.compile(static, "fp32")
+    model = ov.Core().read_model(str(compiled.path / "encoder.xml"))
+    assert model.inputs[0].get_partial_shape().is_static and model.inputs[0].get_shape()[0] == rows
+    runner = target.open_runner(static, compiled)
+    results = graph_level(runner, vectors, feature_names(static), gate_for("fp32"))
+    assert all(r.passed for r in results), [r.reasons for r in results]
+    batch = rows // 2                                           # guided everywhere: cond + uncond rows per call
+    x = sample(runner, static.spec, LABELS[:batch], spec_noise(static.spec, batch, seed=SEED)).x
+    ref = sample(TorchReferenceRunner(pair), static.spec, LABELS[:batch], spec_noise(static.spec, batch, seed=SEED)).x
+    assert x.shape == (batch, 1, 8, 8) and compare(x, ref).psnr_db >= 60.0
+    with pytest.raises(BadInputError, match=rf"openvino rejected the encoder inputs: input 'z' has shape "
+                                            rf"\({rows + 2}, 1, 8, 8\), expected \({rows}, 1, 8, 8\)"):
+        sample(runner, static.spec, LABELS[:batch + 1], spec_noise(static.spec, batch + 1))
+
+
+def test_missing_openvino_gives_the_install_hint():
+    code = ("import sys; sys.modules['openvino'] = None\n"          # as if the extra were not installed
+            "from targets.base import get_target\n"
+            "print(get_target('openvino').available())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'dualrate[openvino]'" in out.stdout
