@@ -90,8 +90,10 @@ class Target:
         self.require()
         self.check_precision(precision)
         out = bundle.target_dir(self.name, precision)
+        # options are part of the cache key: other options rebuild instead of reusing
+        key_options = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(options.items()) if v is not None}
         if not force:
-            cached = self._cached(bundle, precision, out)
+            cached = self._cached(bundle, precision, out, key_options)
             if cached is not None:
                 return cached
         with atomic_directory(out, force=True) as tmp:
@@ -99,20 +101,26 @@ class Target:
             record = {"backend": self.name, "requested_precision": precision,
                       "runtime_version": self.runtime_version(), "machine": platform.machine(),
                       "sources": {g: bundle.file_hash(f"{g}.onnx") for g in ("encoder", "denoiser")},
-                      **fields}
+                      "compile_options": key_options, "cache_key": self.cache_key(), **fields}
             record["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p)
                                for p in sorted(tmp.rglob("*")) if p.is_file()}
             (tmp / COMPILE_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         return Compiled(out, record)
 
-    def _cached(self, bundle: Bundle, precision: str, out: Path) -> Compiled | None:
+    def cache_key(self) -> dict[str, Any]:
+        """What else invalidates a compile (a converter's torch version, the CPU, ...)."""
+        return {"machine": platform.machine()}
+
+    def _cached(self, bundle: Bundle, precision: str, out: Path, options: dict[str, Any]) -> Compiled | None:
         try:
             record = json.loads((out / COMPILE_RECORD).read_text())
         except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             return None
         sources = {g: bundle.file_hash(f"{g}.onnx") for g in ("encoder", "denoiser")}
-        if record.get("sources") != sources or record.get("runtime_version") != self.runtime_version():
-            return None          # stale: the bundle or the runtime changed; rebuild
+        if (record.get("sources") != sources or record.get("runtime_version") != self.runtime_version()
+                or record.get("compile_options", {}) != json.loads(json.dumps(options))
+                or record.get("cache_key") != json.loads(json.dumps(self.cache_key()))):
+            return None          # stale: the bundle, runtime, options or machine changed; rebuild
         for rel, want in record.get("files", {}).items():
             p = out / rel
             if not p.is_file() or sha256_file(p) != want:

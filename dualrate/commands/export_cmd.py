@@ -32,6 +32,17 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--target", required=True, help="onnxruntime, openvino, coreml or tensorrt")
     c.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16 (per backend)")
     c.add_argument("--force", action="store_true", help="rebuild even if the cache is current")
+    g = c.add_argument_group("backend options (passed to the target; part of the cache key)")
+    g.add_argument("--checkpoint", type=Path, default=None,
+                   help="coreml: the source checkpoint (default: the manifest's path, verified by sha256)")
+    g.add_argument("--allow-factory", action="store_true", help="coreml: allow a custom model factory to run")
+    g.add_argument("--allow-fp16-overflow", action="store_true",
+                   help="coreml fp16: convert even when the pre-flight sees activations beyond the fp16 range")
+    g.add_argument("--max-batch", type=int, default=None, help="tensorrt: largest batch of the optimization profile")
+    g.add_argument("--opt-batch", type=int, default=None, help="tensorrt: batch the profile is tuned for")
+    g.add_argument("--tf32", action="store_true", help="tensorrt: allow TF32 (effective precision becomes tf32)")
+    g.add_argument("--workspace-gib", type=float, default=None, help="tensorrt: builder workspace limit")
+    g.add_argument("--threads", type=int, default=None, help="openvino: inference threads")
     c.set_defaults(handler=_compile)
 
 
@@ -61,6 +72,24 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+BACKEND_OPTIONS = {"coreml": ("checkpoint", "allow_factory", "allow_fp16_overflow"),
+                   "tensorrt": ("max_batch", "opt_batch", "tf32", "workspace_gib"),
+                   "openvino": ("threads",)}
+
+
+def compile_options(args: argparse.Namespace) -> dict:
+    """The backend options the user gave, refusing ones the chosen target does not take."""
+    from exporter.errors import BadInputError
+
+    given = {k for opts in BACKEND_OPTIONS.values() for k in opts if getattr(args, k, None) not in (None, False)}
+    allowed = set(BACKEND_OPTIONS.get(args.target, ()))
+    wrong = sorted(given - allowed)
+    if wrong:
+        flags = ", ".join("--" + w.replace("_", "-") for w in wrong)
+        raise BadInputError(f"{flags} do(es) not apply to --target {args.target}")
+    return {k: getattr(args, k) for k in given}
+
+
 def _compile(args: argparse.Namespace) -> int:
     from exporter.bundle import open_bundle
     from targets.base import get_target
@@ -68,7 +97,7 @@ def _compile(args: argparse.Namespace) -> int:
     bundle = open_bundle(args.bundle)
     target = get_target(args.target)
     start = time.perf_counter()
-    compiled = target.compile(bundle, args.precision, force=args.force)
+    compiled = target.compile(bundle, args.precision, force=args.force, **compile_options(args))
     rec = compiled.record
     print(f"compiled {args.bundle} for {target.name} in {time.perf_counter() - start:.1f} s: requested "
           f"{rec['requested_precision']}, effective {rec['effective_precision']}, runtime {rec['runtime_version']} "

@@ -1,0 +1,585 @@
+"""Core ML target: both graphs converted from the checkpoint's PyTorch modules to ML Program packages.
+
+coremltools has no ONNX frontend any more, so compile reloads the checkpoint the
+bundle was exported from (manifest ``source_checkpoint``, or ``checkpoint=``),
+verifies its sha256 and converts the same ``EncoderGraph``/``DenoiserGraph``
+wrappers the ONNX export used. Capture goes through ``torch.export`` first and
+falls back to ``torch.jit.trace`` (each fails on different layers); the batch
+axis becomes ``ct.EnumeratedShapes`` (several such inputs need iOS 18 / macOS
+15), or the bundle's static batch. fp16 is preceded by a PyTorch range check on
+the golden inputs, and keeps the sin/cos arguments in fp32.
+
+Core ML predicts only on macOS. Elsewhere the packages are converted, saved and
+inspected (``structural_checks``); numeric parity is reported as not run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import io
+import logging
+import platform
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from exporter.bundle import Bundle
+from exporter.errors import BackendUnavailableError, BadInputError
+from exporter.export import graph_rows
+from exporter.golden import graph_calls
+from exporter.onnx_export import DenoiserGraph, EncoderGraph
+from exporter.spec import GraphIO, Spec
+
+from .base import Compiled, Target
+
+DEFAULT_SAMPLE_BATCHES = (1, 2, 4, 8)     # samples per sampler call; rows double under batched guidance
+PATHS = {"export": "torch.export", "trace": "torch.jit.trace"}
+FP16_MAX = 65504.0
+FP16_WARN = FP16_MAX / 4
+# Core ML multiarrays have no int64: class ids are int32 in the package and the runner casts.
+COREML_DTYPES = {"float32": "FLOAT32", "int64": "INT32", "float16": "FLOAT16", "int32": "INT32"}
+TRIG_OPS = frozenset({"sin", "cos"})
+# ML program ops that plain conv/transformer layers convert to; anything else is flagged.
+KNOWN_OPS = frozenset({
+    "const", "identity", "cast", "shape", "reshape", "transpose", "expand_dims", "squeeze", "concat", "split",
+    "stack", "tile", "slice_by_index", "slice_by_size", "gather", "gather_nd", "select", "fill", "range_1d", "pad",
+    "add", "sub", "mul", "real_div", "floor_div", "mod", "pow", "sqrt", "rsqrt", "inverse", "square", "exp", "log",
+    "abs", "sign", "floor", "ceil", "round", "clip", "maximum", "minimum", "erf",
+    "sin", "cos", "tanh", "sigmoid", "relu", "silu", "gelu", "softplus", "leaky_relu", "elu", "softmax",
+    "equal", "not_equal", "less", "less_equal", "greater", "greater_equal", "logical_and", "logical_or",
+    "logical_not", "reduce_mean", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_l2_norm",
+    "cumsum", "matmul", "linear", "einsum", "scaled_dot_product_attention", "band_part",
+    "conv", "conv_transpose", "avg_pool", "max_pool", "batch_norm", "instance_norm", "layer_norm", "l2_norm",
+    "upsample_nearest_neighbor", "upsample_bilinear", "resize_nearest_neighbor", "resize_bilinear",
+    "pixel_shuffle", "pixel_unshuffle", "depth_to_space", "space_to_depth"})
+
+
+def _ct():
+    # On Linux coremltools warns at import that its native (prediction) library is
+    # missing; that is expected here and numeric_unavailable() says it properly.
+    log = logging.getLogger("coremltools")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import coremltools
+    finally:
+        log.setLevel(level)
+    return coremltools
+
+
+# loggers that report on a capture attempt whose failure is handled (recorded, then the next path)
+QUIET_LOGGERS = ("coremltools", "torch.export", "torch._export", "torch._dynamo",
+                 "torch.fx.experimental.symbolic_shapes")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Converters print progress bars, warnings and log lines; the caller's progress display is ours to own."""
+    logs = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in zip(logs, levels):
+            log.setLevel(level)
+
+
+# -- batch shapes ----------------------------------------------------------------
+def coreml_rows(spec: Spec, manifest: dict[str, Any], batch_sizes: Sequence[int] | None = None) -> list[int]:
+    """Row counts the packages accept: the static batch, or each batch size, its guidance
+    rows (``graph_rows``) and the golden rows the bundle was validated with."""
+    first = spec.model.encoder.inputs[0].shape[0]
+    if isinstance(first, int):
+        return [first]
+    sizes = tuple(batch_sizes or DEFAULT_SAMPLE_BATCHES)
+    if not sizes or min(sizes) < 1:
+        raise BadInputError(f"batch_sizes {list(sizes)}: expected positive sample counts")
+    rows = {n for b in sizes for n in (b, graph_rows(spec, b))}
+    golden = (manifest.get("graph_rows") or {}).get("golden")
+    if golden:
+        rows.add(int(golden))
+    if len(rows) > 128:
+        raise BadInputError(f"{len(rows)} batch shapes requested; Core ML enumerates at most 128")
+    return sorted(rows)
+
+
+def _shape(shape: Sequence[int | str], rows: int) -> tuple[int, ...]:
+    return tuple(rows if d == "batch" else int(d) for d in shape)
+
+
+# -- the checkpoint ---------------------------------------------------------------
+def source_checkpoint(bundle: Bundle, checkpoint: str | Path | None = None, allow_factory: bool = False):
+    """Load the checkpoint the bundle was exported from; BadInputError unless its sha256 matches."""
+    from exporter.checkpoint import load_checkpoint
+
+    src = bundle.manifest.get("source_checkpoint") or {}
+    want, name = src.get("sha256"), src.get("name", "the checkpoint it was exported from")
+    if not want:
+        raise BadInputError(f"bundle {bundle.path}: manifest.json records no source_checkpoint.sha256, so the "
+                            "checkpoint Core ML converts from cannot be verified; re-export the bundle")
+    path = Path(checkpoint) if checkpoint else (Path(src["path"]) if src.get("path") else None)
+    hint = f"pass checkpoint=PATH (CLI: --checkpoint PATH) pointing at {name} (sha256 {want[:12]}…)"
+    if path is None:
+        raise BadInputError(f"Core ML converts from the PyTorch modules, and bundle {bundle.path} does not record "
+                            f"where its checkpoint is; {hint}")
+    if not path.exists():
+        where = "given" if checkpoint else "recorded in the bundle's manifest.json"
+        raise BadInputError(f"Core ML converts from the PyTorch modules, but the checkpoint {where}, {path}, is "
+                            f"not there; {hint}")
+    ckpt = load_checkpoint(path, allow_factory=allow_factory)
+    if ckpt.sha256 != want:
+        raise BadInputError(f"checkpoint {path} has sha256 {ckpt.sha256[:12]}…, but bundle {bundle.path} was exported "
+                            f"from {name} with sha256 {want[:12]}…; Core ML must convert the weights the bundle's "
+                            f"graphs hold. {hint[0].upper() + hint[1:]}, or re-export the bundle from this checkpoint")
+    return ckpt
+
+
+# -- fp16 pre-flight --------------------------------------------------------------
+def fp16_preflight(modules: dict[str, Any], calls: dict[str, list[dict[str, np.ndarray]]],
+                   input_names: dict[str, list[str]]) -> dict[str, Any]:
+    """Run each module on recorded inputs; report every submodule's max |x| over its inputs and outputs.
+
+    Module hooks see module boundaries only: values made and consumed inside one
+    ``forward`` (an attention logit, say) are covered through the module that
+    holds them.
+    """
+    report: dict[str, Any] = {"limit": FP16_MAX, "warn_above": FP16_WARN, "graphs": {}, "overflow": [],
+                              "near_limit": []}
+    for graph, module in modules.items():
+        peaks: dict[str, float] = {}
+
+        def hook(name: str):
+            def record(_mod, args, out):
+                flat = [t for t in (*args, *(out if isinstance(out, (tuple, list)) else (out,)))
+                        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
+                if flat:
+                    peak = max(float(t.detach().abs().max()) for t in flat)
+                    peaks[name] = max(peaks.get(name, 0.0), peak)
+            return record
+
+        handles = [m.register_forward_hook(hook(n or graph)) for n, m in module.named_modules()]
+        try:
+            with torch.inference_mode():
+                for call in calls[graph]:
+                    module(*(torch.from_numpy(np.ascontiguousarray(call[n])) for n in input_names[graph]))
+        finally:
+            for h in handles:
+                h.remove()
+        top = sorted(peaks.items(), key=lambda kv: -kv[1])
+        report["graphs"][graph] = {"max_abs": top[0][1] if top else 0.0, "module": top[0][0] if top else None,
+                                   "calls": len(calls[graph]), "top": [[n, v] for n, v in top[:5]]}
+        report["overflow"] += [f"{graph}:{n} reaches {v:.4g}" for n, v in top if v > FP16_MAX]
+        report["near_limit"] += [f"{graph}:{n} reaches {v:.4g}" for n, v in top if FP16_WARN < v <= FP16_MAX]
+    report["verdict"] = "overflow" if report["overflow"] else ("near limit" if report["near_limit"] else "ok")
+    return report
+
+
+def check_fp16_preflight(report: dict[str, Any], allow_overflow: bool = False) -> None:
+    """Refuse an fp16 compile whose golden inputs already overflow fp16 in PyTorch."""
+    if report["overflow"] and not allow_overflow:
+        worst = "; ".join(report["overflow"][:3]) + (f" (+{len(report['overflow']) - 3} more)"
+                                                      if len(report["overflow"]) > 3 else "")
+        raise BadInputError(
+            f"fp16 pre-flight: on the bundle's recorded inputs, {worst}, beyond fp16's largest value "
+            f"{FP16_MAX:g}; the fp16 Core ML model would produce inf/NaN there. Compile with --precision fp32, or "
+            "pass allow_fp16_overflow=True (CLI: --allow-fp16-overflow) to convert anyway")
+
+
+# -- conversion ----------------------------------------------------------------
+class PortableGroupNorm(nn.Module):
+    """``nn.GroupNorm`` arithmetic with a ``-1`` batch axis.
+
+    coremltools' ``group_norm`` conversion builds a reshape constant from the batch
+    size, which is symbolic under enumerated shapes, and fails; this form converts.
+    """
+
+    def __init__(self, src: nn.GroupNorm):
+        super().__init__()
+        # plain ints: a traced shape lookup would become a shape op on the symbolic batch
+        self.groups, self.channels, self.eps = src.num_groups, src.num_channels, src.eps
+        self.weight, self.bias = src.weight, src.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.unflatten(1, (self.groups, self.channels // self.groups))
+        dims = tuple(range(2, h.dim()))
+        mean = h.mean(dim=dims, keepdim=True)
+        var = (h - mean).pow(2).mean(dim=dims, keepdim=True)        # biased, as GroupNorm
+        h = ((h - mean) / torch.sqrt(var + self.eps)).flatten(1, 2)
+        if self.weight is not None:
+            view = (1, -1) + (1,) * (h.dim() - 2)
+            h = h * self.weight.view(view) + self.bias.view(view)
+        return h
+
+
+def portable_module(module: nn.Module) -> tuple[nn.Module, int]:
+    """A deep copy of ``module`` with every ``nn.GroupNorm`` swapped; returns it and the count."""
+    module = copy.deepcopy(module).eval()
+    count = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.GroupNorm):
+                setattr(parent, name, PortableGroupNorm(child))
+                count += 1
+    return module, count
+
+
+def _batch_dynamic_shapes(module: Any, n_args: int, max_rows: int) -> Any:
+    """torch.export ``dynamic_shapes`` marking dim 0 of every tensor argument, ``*args`` included."""
+    batch = torch.export.Dim("batch", min=1, max=max(2, max_rows))
+    shapes: list[Any] = []
+    for p in inspect.signature(module.forward).parameters.values():
+        if p.kind == p.VAR_POSITIONAL:
+            shapes.append(tuple({0: batch} for _ in range(n_args - len(shapes))))
+            break
+        shapes.append({0: batch})
+    return tuple(shapes)
+
+
+def _fp16_selector():
+    """op_selector for FP16ComputePrecision: every op goes fp16 except those feeding sin/cos."""
+    keep: dict[int, set[int]] = {}
+    stats = {"fp32_ops": 0}
+
+    def feeds_trig(block: Any) -> set[int]:
+        ancestors: set[int] = set()
+        stack = [op for op in block.operations if op.op_type in TRIG_OPS]
+        while stack:
+            op = stack.pop()
+            if id(op) in ancestors:
+                continue
+            ancestors.add(id(op))
+            for value in op.inputs.values():
+                for var in (value if isinstance(value, (list, tuple)) else (value,)):
+                    if getattr(var, "op", None) is not None:
+                        stack.append(var.op)
+        stats["fp32_ops"] = len(ancestors)
+        return ancestors
+
+    def select(op: Any) -> bool:
+        block = op.enclosing_block
+        if id(block) not in keep:
+            keep[id(block)] = feeds_trig(block)
+        return id(op) not in keep[id(block)]
+
+    return select, stats
+
+
+def convert_graph(module: Any, example: Sequence[Any], io_spec: GraphIO, rows: Sequence[int],
+                  precision: str = "fp32", order: Sequence[str] = ("export", "trace"),
+                  deployment_target: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """Convert one graph module to an ML program, trying each capture path in ``order``.
+
+    Returns the ``MLModel`` (not loaded) and a record: the path used, every
+    earlier path's error, and how many ops an fp16 program keeps in fp32.
+    """
+    ct = _ct()
+    unknown = [p for p in order if p not in PATHS]
+    if unknown or not order:
+        raise BadInputError(f"conversion order {list(order)}: choose from {', '.join(PATHS)}")
+    enumerated = len(rows) > 1
+    target_name = deployment_target or ("macOS15" if enumerated else "macOS13")
+    target = getattr(ct.target, target_name, None)
+    if target is None:
+        raise BadInputError(f"minimum_deployment_target {target_name!r} is not a coremltools target "
+                            f"(e.g. macOS13, macOS15, iOS17, iOS18)")
+    if enumerated and target < ct.target.iOS18:
+        raise BadInputError(f"minimum_deployment_target {target_name}: a dynamic-batch bundle needs enumerated "
+                            "batch shapes on several inputs, which Core ML supports from iOS 18 / macOS 15; pass "
+                            "a newer target or export the bundle with --static-batch")
+    example = tuple(torch.as_tensor(e) for e in example)
+    if int(example[0].shape[0]) not in rows:
+        raise BadInputError(f"the example batch {int(example[0].shape[0])} must be one of the batch rows {list(rows)}")
+
+    def tensor_type(t: Any) -> Any:
+        dtype = np.int32 if t.dtype.startswith("int") else np.float32
+        if enumerated:
+            shape = ct.EnumeratedShapes(shapes=[list(_shape(t.shape, r)) for r in rows],
+                                        default=list(_shape(t.shape, int(example[0].shape[0]))))
+        else:
+            shape = _shape(t.shape, rows[0])
+        return ct.TensorType(name=t.name, shape=shape, dtype=dtype)
+
+    errors: dict[str, str] = {}
+    for path in order:
+        selector, stats = _fp16_selector()
+        precision_arg = (ct.transform.FP16ComputePrecision(op_selector=selector) if precision == "fp16"
+                         else ct.precision.FLOAT32)
+        try:
+            with _quiet():
+                if path == "export":
+                    dynamic = _batch_dynamic_shapes(module, len(example), max(rows)) if enumerated else None
+                    program = torch.export.export(module, example, dynamic_shapes=dynamic).run_decompositions({})
+                else:
+                    program = torch.jit.trace(module, example)      # check_trace stays on: its sanity check counts
+                mlmodel = ct.convert(program, inputs=[tensor_type(t) for t in io_spec.inputs],
+                                     outputs=[ct.TensorType(name=t.name, dtype=np.float32) for t in io_spec.outputs],
+                                     convert_to="mlprogram", compute_precision=precision_arg,
+                                     minimum_deployment_target=target, skip_model_load=True)
+        except Exception as exc:   # noqa: BLE001 - capture and conversion fail in many types; the next path decides
+            first = next((s.strip() for s in str(exc).splitlines() if s.strip()), "").rstrip(".")
+            errors[PATHS[path]] = f"{type(exc).__name__}: {first}"[:300]
+            continue
+        return mlmodel, {"path": PATHS[path], "first_error": next(iter(errors.values()), None),
+                         "failed_paths": errors, "fp32_ops_in_fp16": stats["fp32_ops"] if precision == "fp16" else 0,
+                         "deployment_target": target_name}
+    raise BadInputError("Core ML conversion failed on every capture path: "
+                        + "; ".join(f"{p}: {e}" for p, e in errors.items())
+                        + ". Compile this bundle for another target, or simplify the failing layer")
+
+
+# -- inspecting a package ----------------------------------------------------------
+def _mil_ops(block: Any) -> Iterator[Any]:
+    for op in block.operations:
+        yield op
+        for inner in op.blocks:
+            yield from _mil_ops(inner)
+
+
+def _dims(value_type: Any) -> list[int | None]:
+    return [d.constant.size if d.WhichOneof("dimension") == "constant" else None
+            for d in value_type.tensorType.dimensions]
+
+
+def inspect_package(path: Path) -> dict[str, Any]:
+    """What a package holds, read without compiling or loading it: I/O, op counts, tensor dtypes."""
+    ct = _ct()
+    from coremltools.proto import FeatureTypes_pb2, MIL_pb2
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    array_type = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType
+
+    def feature(f: Any) -> dict[str, Any]:
+        t = f.type.multiArrayType
+        return {"name": f.name, "dtype": array_type.Name(t.dataType), "shape": list(t.shape),
+                "enumerated": [list(s.shape) for s in t.enumeratedShapes.shapes]}
+
+    out: dict[str, Any] = {"kind": spec.WhichOneof("Type"), "spec_version": spec.specificationVersion,
+                           "inputs": [feature(f) for f in spec.description.input],
+                           "outputs": [feature(f) for f in spec.description.output]}
+    if out["kind"] != "mlProgram":
+        return out
+    fn = spec.mlProgram.functions["main"]
+    block = fn.block_specializations[fn.opset]
+    ops: dict[str, int] = {}
+    dtypes: dict[str, int] = {}
+    produced: dict[str, Any] = {i.name: i.type for i in fn.inputs}     # value name -> its MIL type
+    trig_inputs: list[str] = []
+    for op in _mil_ops(block):
+        ops[op.type] = ops.get(op.type, 0) + 1
+        for o in op.outputs:
+            if o.type.WhichOneof("type") == "tensorType":
+                name = MIL_pb2.DataType.Name(o.type.tensorType.dataType)
+                dtypes[name] = dtypes.get(name, 0) + 1
+                produced[o.name] = o.type
+        if op.type in TRIG_OPS:
+            x = op.inputs["x"].arguments[0].name
+            trig_inputs.append(MIL_pb2.DataType.Name(produced[x].tensorType.dataType) if x in produced else "?")
+    out.update(opset=fn.opset, ops=ops, dtypes=dtypes, trig_input_dtypes=trig_inputs,
+               output_dims={n: _dims(produced[n]) for n in block.outputs if n in produced})
+    return out
+
+
+# -- the target ----------------------------------------------------------------
+class CoreMLTarget(Target):
+    name = "coreml"
+    precisions = ("fp32", "fp16")
+    extra = "coreml"
+
+    def available(self) -> str | None:
+        try:
+            _ct()
+        except ImportError as exc:
+            return f"coremltools cannot be imported ({exc}); pip install 'dualrate[coreml]' (coremltools>=8)"
+        return None
+
+    def runtime_version(self) -> str:
+        return _ct().__version__
+
+    def numeric_unavailable(self) -> str | None:
+        system = platform.system()
+        if system != "Darwin":
+            return (f"Core ML prediction requires macOS (this is {system}); the packages were converted and "
+                    "inspected, numeric parity was not run here")
+        try:
+            from coremltools import libcoremlpython  # noqa: F401  (the native prediction library)
+        except ImportError as exc:
+            return (f"this coremltools has no prediction library ({exc}); on macOS 13+ reinstall it: "
+                    "pip install --force-reinstall coremltools")
+        return None
+
+    def cache_key(self) -> dict[str, Any]:
+        import torch
+        # conversion starts from the torch modules, so the torch version is part of what was compiled
+        return {**super().cache_key(), "torch": torch.__version__}
+
+    def compile_into(self, bundle: Bundle, precision: str, out: Path, checkpoint: str | Path | None = None,
+                     allow_factory: bool = False, batch_sizes: Sequence[int] | None = None,
+                     conversion_order: Sequence[str] = ("export", "trace"), allow_fp16_overflow: bool = False,
+                     minimum_deployment_target: str | None = None, **_: Any) -> dict[str, Any]:
+        ct = _ct()
+        spec = bundle.spec
+        ckpt = source_checkpoint(bundle, checkpoint, allow_factory)
+        rows = coreml_rows(spec, bundle.manifest, batch_sizes)
+        graphs = {"encoder": (EncoderGraph(ckpt.pair.encoder).eval(), spec.model.encoder),
+                  "denoiser": (DenoiserGraph(ckpt.pair.denoiser).eval(), spec.model.denoiser)}
+        names = {g: [t.name for t in io_spec.inputs] for g, (_, io_spec) in graphs.items()}
+        calls = {g: [ins for ins, _ in graph_calls(bundle.golden(f"{g}_io"))] for g in graphs}
+        preflight = None
+        if precision == "fp16":
+            preflight = fp16_preflight({g: m for g, (m, _) in graphs.items()}, calls, names)
+            check_fp16_preflight(preflight, allow_fp16_overflow)
+        conversion: dict[str, Any] = {}
+        swapped = 0
+        for graph, (module, io_spec) in graphs.items():
+            portable, count = portable_module(module)
+            swapped += count
+            example = [torch.from_numpy(np.ascontiguousarray(calls[graph][0][n])) for n in names[graph]]
+            mlmodel, info = convert_graph(portable, example, io_spec, rows, precision, conversion_order,
+                                          minimum_deployment_target)
+            mlmodel.save(str(out / f"{graph}.mlpackage"))
+            conversion[graph] = info
+        system = platform.system()
+        return {"effective_precision": precision,
+                "device": "coreml (not executed on Linux)" if system == "Linux" else f"coreml ({system})",
+                "minimum_deployment_target": conversion["encoder"]["deployment_target"],
+                "batch_rows": rows, "batch_shapes": "enumerated" if len(rows) > 1 else "static",
+                "conversion": conversion, "fp16_preflight": preflight,
+                "rewrites": {"GroupNorm as reshape-mean arithmetic (batch axis -1)": swapped},
+                "source_checkpoint": {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256},
+                "converter": {"coremltools": ct.__version__, "torch": torch.__version__},
+                "options": {"conversion_order": list(conversion_order), "batch_sizes": list(batch_sizes or
+                            DEFAULT_SAMPLE_BATCHES), "allow_fp16_overflow": allow_fp16_overflow}}
+
+    def open_runner(self, bundle: Bundle, compiled: Compiled, compute_units: str = "ALL",
+                    **_: Any) -> "CoreMLRunner":
+        reason = self.numeric_unavailable()
+        target = str(compiled.record.get("minimum_deployment_target", ""))
+        mac = platform.mac_ver()[0]
+        if not reason and target.startswith("macOS") and mac and int(mac.split(".")[0]) < int(target[5:]):
+            reason = (f"these packages need {target} (enumerated batch shapes on several inputs) and this is macOS "
+                      f"{mac}; recompile from a bundle exported with --static-batch, or run on {target}+")
+        if reason:
+            raise BackendUnavailableError(f"target {self.name} cannot run here: {reason}")
+        return CoreMLRunner(compiled.path / "encoder.mlpackage", compiled.path / "denoiser.mlpackage", bundle.spec,
+                            compute_units)
+
+    def structural_checks(self, bundle: Bundle, compiled: Compiled) -> list[dict[str, Any]]:
+        checks: list[dict[str, Any]] = []
+        rows = compiled.record["batch_rows"]
+        half = compiled.record["effective_precision"] == "fp16"
+        for graph, io_spec in (("encoder", bundle.spec.model.encoder), ("denoiser", bundle.spec.model.denoiser)):
+            info = inspect_package(compiled.path / f"{graph}.mlpackage")
+
+            def check(name: str, problems: list[str], ok_detail: str) -> None:
+                checks.append({"name": f"{graph}: {name}", "passed": not problems,
+                               "detail": "; ".join(problems) or ok_detail})
+
+            check("ML program", [] if info["kind"] == "mlProgram" else [f"package holds a {info['kind']}"],
+                  f"mlProgram, specification version {info['spec_version']}, opset {info.get('opset')}")
+            if info["kind"] != "mlProgram":
+                continue
+            want_in, want_out = [t.name for t in io_spec.inputs], [t.name for t in io_spec.outputs]
+            got_in, got_out = [f["name"] for f in info["inputs"]], [f["name"] for f in info["outputs"]]
+            check("I/O names", [] if (got_in, got_out) == (want_in, want_out)
+                  else [f"inputs {got_in} outputs {got_out}; spec {want_in} {want_out}"],
+                  f"inputs {got_in}, outputs {got_out}")
+            problems = []
+            for t, f in zip(io_spec.inputs, info["inputs"]):
+                want = sorted(list(_shape(t.shape, r)) for r in rows)
+                got = sorted(f["enumerated"]) if f["enumerated"] else [f["shape"]]
+                if got != want:
+                    problems.append(f"{t.name} accepts {got}, expected {want}")
+            for t in io_spec.outputs:
+                dims = info["output_dims"].get(t.name)
+                want_dims = [None if len(rows) > 1 and d == "batch" else (rows[0] if d == "batch" else d)
+                             for d in t.shape]
+                if dims != want_dims:
+                    problems.append(f"{t.name} has dims {dims}, expected {want_dims} (None: the enumerated batch)")
+            check("I/O shapes", problems, f"batch rows {rows} on every input; outputs follow")
+            problems = [f"{t.name} is {f['dtype']}, expected {COREML_DTYPES.get(t.dtype)} for spec {t.dtype}"
+                        for t, f in zip((*io_spec.inputs, *io_spec.outputs), (*info["inputs"], *info["outputs"]))
+                        if f["dtype"] != COREML_DTYPES.get(t.dtype)]
+            check("I/O dtypes", problems, "float32 tensors FLOAT32; int64 class ids INT32 (the runner casts)")
+            unexpected = sorted(set(info["ops"]) - KNOWN_OPS)
+            inventory = ", ".join(f"{k} {v}" for k, v in sorted(info["ops"].items()))
+            check("op inventory", [f"unexpected ops {unexpected} (inventory: {inventory})"] if unexpected else [],
+                  inventory)
+            fp16 = info["dtypes"].get("FLOAT16", 0)
+            if half:
+                problems = [] if fp16 and info["ops"].get("cast") else ["no fp16 tensors/casts in an fp16 program"]
+                problems += [f"a sin/cos computes from a {d} argument" for d in info["trig_input_dtypes"]
+                             if d != "FLOAT32"]
+            else:
+                problems = [f"{fp16} fp16 tensors in an fp32 program"] if fp16 else []
+            check("precision", problems, f"tensor dtypes {info['dtypes']}; {info['ops'].get('cast', 0)} casts; "
+                  f"sin/cos arguments {info['trig_input_dtypes'] or 'none'}")
+        return checks
+
+
+class CoreMLRunner:
+    """Runner protocol over two Core ML models (macOS only).
+
+    ``MLModel.predict`` takes and returns numpy arrays by name. The features are
+    the arrays Core ML returned, kept as they are (no re-copy) until the next
+    refresh; Core ML's Python API has no way to keep them inside the framework
+    between predictions.
+    """
+
+    name = "coreml"
+
+    def __init__(self, encoder: Path, denoiser: Path, spec: Spec, compute_units: str = "ALL"):
+        ct = _ct()
+        units = getattr(ct.ComputeUnit, compute_units.upper(), None)
+        if units is None:
+            raise BadInputError(f"compute_units {compute_units!r}: choose ALL, CPU_ONLY, CPU_AND_GPU or CPU_AND_NE")
+        self._enc = ct.models.MLModel(str(encoder), compute_units=units)
+        self._den = ct.models.MLModel(str(denoiser), compute_units=units)
+        self._feature_names = [t.name for t in spec.model.encoder.outputs]
+        self._output = spec.model.denoiser.outputs[0].name
+
+    def encode(self, z: np.ndarray, logsnr: np.ndarray, class_id: np.ndarray) -> list[np.ndarray]:
+        out = self._predict(self._enc, "encoder", {"z": z, "logsnr": logsnr, "class_id": class_id})
+        return [out[n] for n in self._feature_names]
+
+    def denoise(self, z: np.ndarray, logsnr: np.ndarray, logsnr_ctx: np.ndarray, class_id: np.ndarray,
+                features: Any) -> np.ndarray:
+        feed = {"z": z, "logsnr": logsnr, "logsnr_ctx": logsnr_ctx, "class_id": class_id,
+                **dict(zip(self._feature_names, features))}
+        return np.asarray(self._predict(self._den, "denoiser", feed)[self._output], dtype=np.float32)
+
+    def features_to_numpy(self, features: Any) -> list[np.ndarray]:
+        return [np.asarray(f, dtype=np.float32) for f in features]
+
+    @staticmethod
+    def _predict(model: Any, graph: str, feed: dict[str, np.ndarray]) -> dict[str, Any]:
+        typed = {}
+        for name, value in feed.items():
+            value = np.asarray(value)
+            if name == "class_id":
+                if value.dtype.kind not in "iu":
+                    raise BadInputError(f"Core ML rejected the {graph} inputs: class_id has dtype {value.dtype}; "
+                                        "expected integers")
+                value = value.astype(np.int32)            # the package takes int32 class ids
+            elif value.dtype != np.float32:
+                raise BadInputError(f"Core ML rejected the {graph} inputs: {name} has dtype {value.dtype}; "
+                                    "expected float32")
+            typed[name] = np.ascontiguousarray(value)
+        try:
+            return model.predict(typed)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BadInputError(f"Core ML rejected the {graph} inputs: {first}") from None
+
+
+TARGET = CoreMLTarget()

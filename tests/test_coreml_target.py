@@ -1,0 +1,247 @@
+"""Core ML target: conversion of both graphs (fp32, fp16), structural checks, capture fallback, refusals.
+
+Off macOS nothing here predicts: the packages are converted, saved and inspected,
+and numeric parity is reported as not run (never as passed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from exporter.checkpoint import make_config, save_checkpoint
+from exporter.errors import BackendUnavailableError, BadInputError
+from exporter.export import ExportOptions
+from exporter.model_config import preset
+from exporter.onnx_export import EncoderGraph
+from exporter.spec import GraphIO, TensorIO
+from exporter.spec_builder import SamplerOptions
+from targets.base import Compiled, get_target
+from tests.conftest import run_cli, tiny_pair, tiny_spec
+from validation.export_check import export_bundle
+
+pytest.importorskip("coremltools", reason="coremltools is not installed: pip install 'dualrate[coreml]'")
+
+from targets.coreml_backend import (TARGET, PortableGroupNorm, check_fp16_preflight, convert_graph,  # noqa: E402
+                                    coreml_rows, fp16_preflight, inspect_package, portable_module)
+
+pytestmark = pytest.mark.slow
+# guidance at every step: graph calls carry 2x rows, so the enumerated batch must include them
+OPTS = ExportOptions(sampler=SamplerOptions(num_steps=4, guidance=2.0, refresh_params={"k": 2, "phase": 0}),
+                     golden_seeds=(0,))
+ON_MAC = platform.system() == "Darwin"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, tiny_checkpoint):
+    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("coreml") / "bundle", OPTS).bundle
+
+
+@pytest.fixture(scope="module")
+def compiled(bundle):
+    return {p: TARGET.compile(bundle, p) for p in ("fp32", "fp16")}
+
+
+def test_registry_and_batch_rows(pair, bundle):
+    assert get_target("coreml") is TARGET and TARGET.available() is None
+    assert coreml_rows(bundle.spec, bundle.manifest) == [1, 2, 4, 8, 16]      # 2x rows + golden rows (4)
+    assert coreml_rows(tiny_spec(pair), {}) == [1, 2, 4, 8]                   # no guidance: rows = samples
+    static = dataclasses.replace(bundle.spec, model=dataclasses.replace(
+        bundle.spec.model, encoder=_fixed(bundle.spec.model.encoder, 6)))
+    assert coreml_rows(static, bundle.manifest) == [6]
+    with pytest.raises(BadInputError, match="positive sample counts"):
+        coreml_rows(bundle.spec, {}, batch_sizes=[0])
+
+
+def test_both_graphs_convert_with_torch_export_and_record_it(bundle, compiled):
+    for precision, c in compiled.items():
+        rec = json.loads((c.path / "compile.json").read_text())
+        assert rec["requested_precision"] == rec["effective_precision"] == precision
+        if platform.system() == "Linux":
+            assert rec["device"] == "coreml (not executed on Linux)"
+        assert rec["batch_rows"] == [1, 2, 4, 8, 16] and rec["batch_shapes"] == "enumerated"
+        assert rec["minimum_deployment_target"] == "macOS15"
+        for graph in ("encoder", "denoiser"):
+            assert rec["conversion"][graph]["path"] == "torch.export"
+            assert rec["conversion"][graph]["first_error"] is None
+            assert any(f.startswith(f"{graph}.mlpackage/") for f in rec["files"])
+        assert rec["source_checkpoint"]["sha256"] == bundle.manifest["source_checkpoint"]["sha256"]
+        assert rec["rewrites"]["GroupNorm as reshape-mean arithmetic (batch axis -1)"] > 0
+    pre = compiled["fp16"].record["fp16_preflight"]
+    assert pre["verdict"] == "ok" and set(pre["graphs"]) == {"encoder", "denoiser"}
+    assert 0 < pre["graphs"]["denoiser"]["max_abs"] < 1e3 and pre["graphs"]["encoder"]["calls"] >= 1
+    assert compiled["fp32"].record["fp16_preflight"] is None
+    # the log-SNR embedding's sin/cos arguments stay fp32 inside the fp16 program
+    assert all(compiled["fp16"].record["conversion"][g]["fp32_ops_in_fp16"] > 0 for g in ("encoder", "denoiser"))
+
+
+def test_structural_checks_pass_on_the_tiny_bundle(bundle, compiled):
+    for precision, c in compiled.items():
+        checks = TARGET.structural_checks(bundle, c)
+        assert len(checks) == 12, checks
+        failed = [ch for ch in checks if not ch["passed"]]
+        assert not failed, failed
+        detail = {ch["name"]: ch["detail"] for ch in checks}
+        assert "'z', 'logsnr', 'logsnr_ctx', 'class_id', 'feat0', 'feat1'" in detail["denoiser: I/O names"]
+        assert "batch rows [1, 2, 4, 8, 16]" in detail["encoder: I/O shapes"]
+        assert "conv" in detail["denoiser: op inventory"] and "softmax" in detail["encoder: op inventory"]
+        assert ("FLOAT16" in detail["denoiser: precision"]) == (precision == "fp16")
+    info = inspect_package(compiled["fp16"].path / "encoder.mlpackage")
+    assert info["inputs"][2]["name"] == "class_id" and info["inputs"][2]["dtype"] == "INT32"
+    assert sorted(info["inputs"][2]["enumerated"]) == [[1], [2], [4], [8], [16]]
+    assert info["trig_input_dtypes"] == ["FLOAT32", "FLOAT32"] and info["dtypes"]["FLOAT16"] > 100
+
+
+def test_structural_checks_fail_closed(bundle, compiled):
+    c = compiled["fp32"]
+    wrong_rows = TARGET.structural_checks(bundle, Compiled(c.path, {**c.record, "batch_rows": [1, 2]}))
+    assert {ch["name"] for ch in wrong_rows if not ch["passed"]} == {"encoder: I/O shapes", "denoiser: I/O shapes"}
+    claimed_fp16 = TARGET.structural_checks(bundle, Compiled(c.path, {**c.record, "effective_precision": "fp16"}))
+    bad = [ch for ch in claimed_fp16 if not ch["passed"]]
+    assert {ch["name"] for ch in bad} == {"encoder: precision", "denoiser: precision"}
+    assert "no fp16 tensors" in bad[0]["detail"]
+    renamed = dataclasses.replace(bundle, spec=dataclasses.replace(bundle.spec, model=dataclasses.replace(
+        bundle.spec.model, encoder=GraphIO(bundle.spec.model.encoder.inputs,
+                                           tuple(dataclasses.replace(t, name=t.name.upper())
+                                                 for t in bundle.spec.model.encoder.outputs)))))
+    assert not next(ch for ch in TARGET.structural_checks(renamed, c) if ch["name"] == "encoder: I/O names")["passed"]
+
+
+@pytest.mark.skipif(ON_MAC, reason="on macOS Core ML predicts; the runner test below covers it")
+def test_numeric_checks_are_not_run_off_macos(bundle, compiled):
+    reason = TARGET.numeric_unavailable()
+    assert reason.startswith("Core ML prediction requires macOS (this is ") and "not run" in reason
+    with pytest.raises(BackendUnavailableError, match="requires macOS") as exc:
+        TARGET.open_runner(bundle, compiled["fp32"])
+    assert exc.value.exit_code == 3
+
+
+@pytest.mark.skipif(not ON_MAC or TARGET.numeric_unavailable() is not None,
+                    reason=f"Core ML prediction unavailable: {TARGET.numeric_unavailable()}")
+def test_coreml_matches_pytorch_on_recorded_inputs(bundle, compiled):
+    from validation.gates import gate_for
+    from validation.graph_parity import graph_level
+
+    names = [o.name for o in bundle.spec.model.encoder.outputs]
+    vectors = {g: bundle.golden(g) for g in ("encoder_io", "denoiser_io")}
+    for precision, c in compiled.items():
+        runner = TARGET.open_runner(bundle, c)
+        results = graph_level(runner, vectors, names, gate_for(c.effective_precision))
+        assert all(r.passed for r in results), [r.to_dict() for r in results if not r.passed]
+
+
+class DataDependent(nn.Module):
+    """Python control flow on a tensor's value: torch.export cannot guard on it, tracing bakes the branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+
+    def forward(self, z, logsnr, class_id):
+        h = self.conv(z)
+        if float(h.abs().max()) > 1e6:
+            h = h / 1e6
+        return (h * logsnr[:, None, None, None],)
+
+
+SMALL_IO = GraphIO(inputs=(TensorIO("z", ("batch", 1, 8, 8), "float32"), TensorIO("logsnr", ("batch",), "float32"),
+                           TensorIO("class_id", ("batch",), "int64")),
+                   outputs=(TensorIO("feat0", ("batch", 4, 8, 8), "float32"),))
+
+
+def test_falls_back_to_tracing_when_torch_export_rejects_a_module(tmp_path):
+    example = (torch.randn(2, 1, 8, 8), torch.zeros(2), torch.zeros(2, dtype=torch.long))
+    mlmodel, info = convert_graph(DataDependent().eval(), example, SMALL_IO, [1, 2, 4])
+    assert info["path"] == "torch.jit.trace"
+    assert info["first_error"].startswith("GuardOnDataDependentSymNode")
+    assert list(info["failed_paths"]) == ["torch.export"]
+    mlmodel.save(str(tmp_path / "dd.mlpackage"))
+    pkg = inspect_package(tmp_path / "dd.mlpackage")
+    assert [f["name"] for f in pkg["inputs"]] == ["z", "logsnr", "class_id"] and pkg["outputs"][0]["name"] == "feat0"
+    assert sorted(pkg["inputs"][0]["enumerated"]) == [[1, 1, 8, 8], [2, 1, 8, 8], [4, 1, 8, 8]]
+
+
+class NoCoreMLOp(nn.Module):
+    """lgamma has no Core ML conversion on either path."""
+
+    def forward(self, z, logsnr, class_id):
+        return (torch.lgamma(z.abs() + 1) * logsnr[:, None, None, None],)
+
+
+def test_every_path_failing_is_one_clear_error():
+    example = (torch.randn(2, 1, 8, 8), torch.zeros(2), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(BadInputError, match=r"failed on every capture path: torch\.export: NotImplementedError: "
+                                            r".*lgamma.*; torch\.jit\.trace: NotImplementedError: .*'lgamma'"):
+        convert_graph(NoCoreMLOp(), example, SMALL_IO, [1, 2])
+    with pytest.raises(BadInputError, match="conversion order"):
+        convert_graph(NoCoreMLOp(), example, SMALL_IO, [1, 2], order=("onnx",))
+    with pytest.raises(BadInputError, match="iOS 18 / macOS 15"):
+        convert_graph(NoCoreMLOp(), example, SMALL_IO, [1, 2], deployment_target="macOS13")
+    with pytest.raises(BadInputError, match="example batch 2 must be one of the batch rows"):
+        convert_graph(NoCoreMLOp(), example, SMALL_IO, [1, 4])
+
+
+def test_portable_group_norm_is_group_norm(pair):
+    encoder, swapped = portable_module(EncoderGraph(pair.encoder))
+    assert swapped == 10 and not any(isinstance(m, nn.GroupNorm) for m in encoder.modules())
+    assert any(isinstance(m, nn.GroupNorm) for m in pair.encoder.modules())     # the original is untouched
+    example = (torch.randn(4, 1, 8, 8), torch.linspace(-5, 5, 4), torch.arange(4))
+    with torch.no_grad():
+        for got, want in zip(encoder(*example), EncoderGraph(pair.encoder)(*example)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    gn = nn.GroupNorm(4, 16)
+    with torch.no_grad():
+        gn.weight.normal_()
+        gn.bias.normal_()
+    x = torch.randn(3, 16, 5, 7) * 3 + 1
+    torch.testing.assert_close(PortableGroupNorm(gn)(x), gn(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fp16_preflight_flags_overflow_and_refuses():
+    class Amplifier(nn.Module):
+        def __init__(self, gain: float):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.gain = gain
+
+        def forward(self, x):
+            return self.lin(x) * 0 + self.gain * torch.ones_like(x)
+
+    calls = {"encoder": [{"x": np.ones((2, 4), np.float32)}], "denoiser": [{"x": np.ones((2, 4), np.float32)}]}
+    report = fp16_preflight({"encoder": Amplifier(1e5), "denoiser": Amplifier(2e4)}, calls,
+                            {"encoder": ["x"], "denoiser": ["x"]})
+    assert report["verdict"] == "overflow"
+    assert report["overflow"] == ["encoder:encoder reaches 1e+05"]
+    assert report["near_limit"] == ["denoiser:denoiser reaches 2e+04"]
+    assert report["graphs"]["encoder"]["module"] == "encoder" and report["graphs"]["denoiser"]["max_abs"] == 2e4
+    with pytest.raises(BadInputError, match=r"beyond fp16's largest value 65504.*--precision fp32.*allow_fp16_overf"):
+        check_fp16_preflight(report)
+    check_fp16_preflight(report, allow_overflow=True)
+
+
+def test_checkpoint_must_be_the_one_the_bundle_came_from(bundle, tmp_path):
+    other = tmp_path / "other"
+    save_checkpoint(tiny_pair(seed=1), make_config({"family": "dr-uvit", **preset("tiny").to_dict()}), other)
+    with pytest.raises(BadInputError, match=r"has sha256 .*, but bundle .* was exported from tiny with sha256"):
+        TARGET.compile_into(bundle, "fp32", tmp_path, checkpoint=other)
+    with pytest.raises(BadInputError, match=r"the checkpoint given, .*missing, is not there; pass checkpoint=PATH"):
+        TARGET.compile_into(bundle, "fp32", tmp_path, checkpoint=tmp_path / "missing")
+    assert not list(tmp_path.glob("*.mlpackage"))
+
+
+def test_cli_compile_reuses_the_cache(bundle, compiled):
+    res = run_cli("compile", str(bundle.path), "--target", "coreml")
+    assert res.returncode == 0, res.stderr
+    assert "effective fp32" in res.stdout and "Traceback" not in res.stderr
+
+
+def _fixed(gio: GraphIO, rows: int) -> GraphIO:
+    def fix(t):
+        return dataclasses.replace(t, shape=tuple(rows if d == "batch" else d for d in t.shape))
+    return GraphIO(tuple(map(fix, gio.inputs)), tuple(map(fix, gio.outputs)))
