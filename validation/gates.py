@@ -45,3 +45,21 @@ def gate_for(precision: str, **overrides: float) -> Gate:
     if precision not in DEFAULT_GATES:
         raise BadInputError(f"no gate for precision {precision!r}; known: {', '.join(DEFAULT_GATES)}")
     return replace(DEFAULT_GATES[precision], **{k: v for k, v in overrides.items() if v is not None})
+
+
+CALIBRATION_FACTOR = 2.0
+
+
+def call_gates(gate: Gate, precision: str, calibration: dict[str, "np.ndarray"] | None) -> dict[tuple[str, str], Gate]:
+    """Per-call gates per (graph, output) for reduced precisions: never stricter than twice the
+    PyTorch reference's own worst-call spread at that precision (VALIDATION.md: calibrate the
+    defaults), never looser than the default. fp32/tf32 use the default gate unchanged."""
+    out: dict[tuple[str, str], Gate] = {}
+    if precision not in ("bf16", "fp16") or not calibration:
+        return out
+    for key, (rel, one_minus_cos) in calibration.items():
+        pname, graph, name = key.split("/")
+        if pname == precision:
+            out[(graph, name)] = replace(gate, rel_l2=max(gate.rel_l2, CALIBRATION_FACTOR * float(rel)),
+                                         cosine=min(gate.cosine, 1.0 - CALIBRATION_FACTOR * float(one_minus_cos)))
+    return out

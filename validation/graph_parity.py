@@ -48,8 +48,11 @@ def run_graph(runner: Any, graph: str, inputs: dict[str, np.ndarray], feature_na
 
 
 def graph_level(runner: Any, vectors: dict[str, dict[str, np.ndarray]], feature_names: list[str],
-                gate: Gate, overrides: dict[str, dict[str, float]] | None = None) -> list[CheckResult]:
-    """Each graph output over all recorded calls; ``overrides`` maps ``graph/output`` to gate fields."""
+                gate: Gate, overrides: dict[str, dict[str, float]] | None = None,
+                call_gates: dict[tuple[str, str], Gate] | None = None) -> list[CheckResult]:
+    """Each graph output over all recorded calls (``gate``), and its worst single call (the
+    calibrated per-call gate, see ``gates.call_gates``); ``overrides`` maps ``graph/output``
+    to gate fields."""
     from dataclasses import replace
     results = []
     for graph in ("encoder", "denoiser"):
@@ -65,8 +68,10 @@ def graph_level(runner: Any, vectors: dict[str, dict[str, np.ndarray]], feature_
             per_call = [compare(a, r) for a, r in zip(got[name], want[name])]
             worst = int(np.nanargmax([m.rel_l2 if not m.non_finite else np.inf for m in per_call]))
             total = compare(np.concatenate([g.ravel() for g in got[name]]), np.concatenate([w.ravel() for w in want[name]]))
-            g = replace(gate, **(overrides or {}).get(f"{graph}/{name}", {}))
-            reasons = g.check(total) or g.check(per_call[worst])
+            extra = (overrides or {}).get(f"{graph}/{name}", {})
+            g = replace(gate, **extra)
+            per_call_gate = replace((call_gates or {}).get((graph, name), gate), **extra)
+            reasons = g.check(total) or per_call_gate.check(per_call[worst])
             results.append(CheckResult("graph", graph, name, total, reasons,
                                        {"calls": len(calls), "worst_call": worst,
                                         "worst_call_rel_l2": per_call[worst].rel_l2}))

@@ -35,8 +35,9 @@ def _worst(results: list[tuple[int, Any]]) -> tuple[int, Any]:
 
 
 def teacher_forced(runner: Any, spec: Spec, traj: dict[str, np.ndarray], feature_names: list[str],
-                   gate: Gate) -> list[CheckResult]:
-    """Per step: reference z_i and reference features in, backend features/prediction out."""
+                   gate: Gate, call_gates: dict[tuple[str, str], Gate] | None = None) -> list[CheckResult]:
+    """Per step: reference z_i and reference features in, backend features/prediction out;
+    each step is held to the (calibrated) per-call gate of its output."""
     labels = traj["class_id"]
     b = len(labels)
     lam = np.asarray(spec.sampler.tables.logsnr, np.float32)
@@ -61,11 +62,12 @@ def teacher_forced(runner: Any, spec: Spec, traj: dict[str, np.ndarray], feature
             per_output.setdefault(("denoiser", "prediction"), []).append((i, compare(got, ref)))
     results = []
     for (graph, name), steps in per_output.items():
-        failing = [(i, m) for i, m in steps if gate.check(m)]
+        step_gate = (call_gates or {}).get((graph, name), gate)
+        failing = [(i, m) for i, m in steps if step_gate.check(m)]
         worst_step, worst = _worst(steps)
         first = failing[0] if failing else None
         results.append(CheckResult(
-            "teacher_forced", graph, name, worst, gate.check(first[1]) if first else [],
+            "teacher_forced", graph, name, worst, step_gate.check(first[1]) if first else [],
             {"step": first[0] if first else None, "worst_step": worst_step, "steps": [i for i, _ in steps],
              "per_step_rel_l2": [m.rel_l2 for _, m in steps]}))
     return results

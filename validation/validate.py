@@ -25,7 +25,7 @@ from exporter.bundle import Bundle, open_bundle, sha256_file
 from exporter.errors import BackendUnavailableError, BadInputError
 from exporter.spec import Spec
 
-from .gates import Gate, gate_for
+from .gates import Gate, call_gates, gate_for
 from .graph_parity import CheckResult, graph_level
 from .layers import cache_equivalence, free_running, refresh_audit, teacher_forced
 
@@ -89,8 +89,11 @@ def validate(bundle_path: str | Path, opts: ValidateOptions) -> tuple[dict[str, 
     trajectories = {k: v for k, v in vectors.items() if k.startswith("trajectory_seed")}
     first = trajectories[sorted(trajectories)[0]]
     doc["shapes"] = {"batch": int(len(first["class_id"])), "steps": spec.sampler.num_steps}
-    layers["graph"] = _layer("graph", graph_level(runner, vectors, names, gate, opts.gate_overrides))
-    layers["teacher_forced"] = _layer("teacher_forced", teacher_forced(runner, spec, first, names, gate))
+    per_call = call_gates(gate, precision, vectors.get("calibration"))
+    if per_call:
+        doc["gates"]["per_call_calibrated"] = {f"{g}/{o}": dataclasses.asdict(v) for (g, o), v in per_call.items()}
+    layers["graph"] = _layer("graph", graph_level(runner, vectors, names, gate, opts.gate_overrides, per_call))
+    layers["teacher_forced"] = _layer("teacher_forced", teacher_forced(runner, spec, first, names, gate, per_call))
     fr, drift, arrays = free_running(runner, spec, trajectories, _final_gate(gate, opts), opts.backend_spec)
     layers["free_running"] = _layer("free_running", fr)
     layers["refresh_audit"] = _layer("refresh_audit", refresh_audit(spec, fr))
