@@ -64,3 +64,14 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", "dualrate", *args], capture_output=True, text=True,
                           cwd=cwd or REPO, env=env, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_checkpoint):
+    """A guided, dual-rate tiny bundle shared by tests that only read it (compile caches go inside)."""
+    from exporter.export import ExportOptions
+    from validation.export_check import export_bundle
+
+    out = tmp_path_factory.mktemp("shared") / "bundle"
+    opts = ExportOptions(sampler=SamplerOptions(num_steps=8, guidance=2.0, refresh_params={"k": 3, "phase": 0}))
+    return export_bundle(tiny_checkpoint, out, opts).bundle
