@@ -70,8 +70,8 @@ def validate(bundle_path: str | Path, opts: ValidateOptions) -> tuple[dict[str, 
         return _finish(doc, layers, None), arrays
     doc["target"].update(_target_info(compiled))
     structural = target.structural_checks(bundle, compiled)
-    layers["structural"] = (_layer("structural", [_structural(c) for c in structural]) if structural
-                            else _not_run("structural", f"target {target.name} has no structural checks (numeric layers cover it)"))
+    if structural:        # targets without structural checks are covered by the numeric layers
+        layers["structural"] = _layer("structural", [_structural(c) for c in structural])
     numeric_reason = target.numeric_unavailable()
     if numeric_reason:
         for name in NUMERIC_LAYERS:
@@ -156,6 +156,8 @@ def _structural(check: dict[str, Any]) -> CheckResult:
 
 
 def _layer(name: str, checks: list[CheckResult]) -> dict[str, Any]:
+    if not checks:      # a layer that checked nothing did not pass anything
+        return _not_run(name, "no checks were produced")
     return {"layer": name, "status": "passed" if all(c.passed for c in checks) else "failed", "reason": None,
             "checks": [c.to_dict() for c in checks]}
 
@@ -177,16 +179,15 @@ def _finish(doc: dict[str, Any], layers: dict[str, dict[str, Any]], drift: Any) 
                 break
         if first:
             break
-    numeric_ran = any(l["status"] != "not_run" for l in doc["layers"] if l["layer"] in NUMERIC_LAYERS)
     if first:
         doc["verdict"], doc["exit_code"] = "FAILED", 1
-    elif not numeric_ran:
+    elif any(layer["status"] == "not_run" for layer in doc["layers"]):
+        # a check that could not run is never counted as passed, even beside checks that did
         doc["verdict"], doc["exit_code"] = "NOT RUN", 3
     else:
         doc["verdict"], doc["exit_code"] = "PASSED", 0
     doc["first_failure"] = first
-    doc["not_run_reason"] = next((l["reason"] for l in doc["layers"]
-                                  if l["status"] == "not_run" and l["layer"] in NUMERIC_LAYERS), None)
+    doc["not_run_reason"] = next((layer["reason"] for layer in doc["layers"] if layer["status"] == "not_run"), None)
     return doc
 
 
