@@ -4,7 +4,7 @@ Each fault is applied to a copy of the bundle or as a wrapper around the
 backend runner, and ``self_test`` runs the full validation once per fault; every
 one must end FAILED. The faults (VALIDATION.md):
 
-* ``weight_perturbed``: the largest encoder weight scaled by (1 + 1e-3 * random sign) in
+* ``weight_perturbed``: every encoder weight tensor multiplied by (1 + 1e-3 * random sign) in
   a re-hashed copy of the bundle — a silently wrong export;
 * ``refresh_shifted``: the backend loop refreshes one step late (every refresh after step 0 + 1);
 * ``features_swapped``: two feature outputs trade places (same-shaped outputs), or, when every
@@ -104,21 +104,32 @@ class Bf16Outputs(_Wrapper):
         return bf16_round(self.inner.denoise(z, logsnr, logsnr_ctx, class_id, features))
 
 
-def perturb_largest_weight(bundle_dir: Path, graph: str = "encoder", rel: float = 1e-3, seed: int = 0) -> str:
-    """Scale the largest initializer of ``graph`` by (1 + rel * random sign) and re-hash the bundle."""
+def perturb_weights(bundle_dir: Path, graph: str = "encoder", rel: float = 1e-3, seed: int = 0) -> int:
+    """Multiply every weight matrix/kernel of ``graph`` elementwise by (1 + rel * random sign), then
+    re-hash the bundle (a silently wrong export, not tampering). Returns how many tensors changed.
+
+    Random signs, because a uniform scale of a tensor that feeds a normalisation is
+    exactly undone by it; every tensor, because one tensor behind a GroupNorm can move
+    the output by less than the fp32 gate and that would test the model, not the validator.
+    """
     import onnx
     from onnx import numpy_helper
 
     path = bundle_dir / f"{graph}.onnx"
     model = onnx.load(str(path))
-    init = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
-    w = numpy_helper.to_array(init)
-    sign = np.where(np.random.default_rng(seed).random(w.shape) < 0.5, -1.0, 1.0)
-    init.CopyFrom(numpy_helper.from_array((w * (1 + rel * sign)).astype(w.dtype), init.name))
+    rng = np.random.default_rng(seed)
+    changed = 0
+    for init in model.graph.initializer:
+        w = numpy_helper.to_array(init)
+        if w.dtype != np.float32 or w.ndim < 2:
+            continue
+        sign = np.where(rng.random(w.shape) < 0.5, -1.0, 1.0)
+        init.CopyFrom(numpy_helper.from_array((w * (1 + rel * sign)).astype(w.dtype), init.name))
+        changed += 1
     onnx.save(model, str(path))
     manifest = json.loads((bundle_dir / MANIFEST).read_text())
     write_manifest(bundle_dir, {k: v for k, v in manifest.items() if k not in ("files", "format", "format_version")})
-    return init.name
+    return changed
 
 
 FAULTS = ("weight_perturbed", "refresh_shifted", "features_swapped", "context_logsnr_current",
@@ -141,7 +152,7 @@ def self_test(bundle_path: str | Path, opts: ValidateOptions,
             if fault == "weight_perturbed":
                 path = Path(tmp) / "perturbed"
                 shutil.copytree(bundle_path, path, ignore=shutil.ignore_patterns("targets"))
-                note = f"initializer {perturb_largest_weight(path)} x (1 +/- 1e-3)"
+                note = f"{perturb_weights(path)} encoder weight tensors x (1 +/- 1e-3)"
             elif fault == "refresh_shifted":
                 steps = spec.dual_rate.resolved_refresh_steps
                 shifted = [0] + sorted({min(s + 1, spec.sampler.num_steps - 1) for s in steps[1:]} - {0})
