@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import OutputExistsError
 
@@ -29,8 +29,14 @@ def check_output(path: Path, force: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(target: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory beside ``target``; rename it to ``target`` on success."""
+def atomic_directory(target: Path, force: bool = False,
+                     keep_existing: Callable[[], bool] | None = None) -> Iterator[Path]:
+    """Yield a temporary directory beside ``target``; rename it to ``target`` on success.
+
+    ``keep_existing`` is asked when ``target`` appeared while we were building (a concurrent
+    writer finished first): if it says the existing one is good, ours is discarded instead of
+    swapped in, so readers of the existing directory never see it vanish.
+    """
     target = Path(target)
     check_output(target, force)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +44,16 @@ def atomic_directory(target: Path, force: bool = False) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes 0700; the result should look like any new directory
     try:
         yield tmp
+        if not target.exists():
+            try:
+                os.rename(tmp, target)      # atomic; fails if someone else created target meanwhile
+                return
+            except OSError:
+                if not target.exists():
+                    raise
+        if keep_existing is not None and keep_existing():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         if target.exists():
             # Move the old one aside first so a crash between the two renames
             # still leaves one complete directory on disk.

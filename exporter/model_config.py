@@ -138,9 +138,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def preset(name: str) -> ModelConfig:
-    """Return the named preset or raise a ``BadInputError`` listing the known names."""
-    from .errors import BadInputError
-
+    """Return the named preset or raise a ``CheckpointError`` (exit 2) listing the known names."""
     if name not in PRESETS:
-        raise BadInputError(f"unknown model size {name!r}; known sizes: {', '.join(PRESETS)}")
+        raise CheckpointError(f"unknown model size {name!r}; known sizes: {', '.join(PRESETS)}")
     return PRESETS[name]

@@ -77,8 +77,10 @@ def build_pair(model: Mapping[str, Any], allow_factory: bool = False, where: str
     family = model.pop("family", "dr-uvit")
     if family == "dr-uvit":
         from .dr_uvit import build_dr_uvit
+        from .model_config import preset
 
-        cfg = ModelConfig.from_dict(model, where)
+        # {"size": "digits"} alone names a preset; a full config spells every field out
+        cfg = preset(model["size"]) if set(model) == {"size"} else ModelConfig.from_dict(model, where)
         enc, den = build_dr_uvit(cfg)
         return DualRatePair(enc, den, info_from_config(cfg))
     if family == "custom":

@@ -96,7 +96,9 @@ class Target:
             cached = self._cached(bundle, precision, out, key_options)
             if cached is not None:
                 return cached
-        with atomic_directory(out, force=True) as tmp:
+        # a concurrent compile of the same bundle may finish first: keep its (equivalent) result
+        with atomic_directory(out, force=True, keep_existing=None if force else (
+                lambda: self._cached(bundle, precision, out, key_options) is not None)) as tmp:
             fields = self.compile_into(bundle, precision, tmp, **options)
             record = {"backend": self.name, "requested_precision": precision,
                       "runtime_version": self.runtime_version(), "machine": platform.machine(),
@@ -105,7 +107,7 @@ class Target:
             record["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p)
                                for p in sorted(tmp.rglob("*")) if p.is_file()}
             (tmp / COMPILE_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-        return Compiled(out, record)
+        return self._cached(bundle, precision, out, key_options) or Compiled(out, record)
 
     def cache_key(self) -> dict[str, Any]:
         """What else invalidates a compile (a converter's torch version, the CPU, ...)."""
