@@ -30,3 +30,24 @@ class ConvDenoiser(nn.Module):
 def make_pair(channels: int = 1, width: int = 4, image_size: int = 8) -> DualRatePair:
     return DualRatePair(ConvEncoder(channels, width), ConvDenoiser(channels, width),
                         PairInfo(image_size=image_size, in_channels=channels, num_classes=2, prediction="eps"))
+
+
+class NanAfter(nn.Module):
+    """Wraps a denoiser; its output turns NaN once the log-SNR passes ``threshold``."""
+
+    def __init__(self, inner: nn.Module, threshold: float):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("threshold", torch.tensor(float(threshold)))
+
+    def forward(self, z, logsnr, logsnr_ctx, class_id, feat):
+        out = self.inner(z, logsnr, logsnr_ctx, class_id, feat)
+        bad = (logsnr > self.threshold)[:, None, None, None]
+        return torch.where(bad, torch.full_like(out, float("nan")), out)
+
+
+def make_nan_pair(threshold: float = 0.0) -> DualRatePair:
+    """A pair whose denoiser yields NaN from the first step with logsnr > threshold on."""
+    pair = make_pair()
+    pair.denoiser = NanAfter(pair.denoiser, threshold)
+    return pair
