@@ -106,6 +106,11 @@ def open_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"bundle {root}: format_version {manifest.get('format_version')!r} is not supported "
                           f"(this dualrate reads {FORMAT_VERSION}); re-export with this version")
     listed = manifest["files"]
+    for rel, digest in listed.items():
+        if (not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)
+                or rel.startswith("/") or ".." in rel.split("/")):
+            raise BundleError(f"bundle {root}: {MANIFEST} entry {rel!r}: {digest!r} is not a relative path with a "
+                              "sha256 hex digest; the manifest is corrupt. Re-export the bundle")
     present = set(_payload_files(root))
     missing = sorted(set(listed) - present)
     extra = sorted(present - set(listed))
