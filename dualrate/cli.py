@@ -13,7 +13,7 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__
-from .commands import (add_doctor_command, add_export_commands, add_model_commands, add_sample_command, add_spec_commands,
+from .commands import (add_doctor_command, add_export_commands, add_golden_command, add_model_commands, add_sample_command, add_spec_commands,
                        add_validate_command)
 
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_spec_commands(sub)
     add_sample_command(sub)
     add_validate_command(sub)
+    add_golden_command(sub)
     add_doctor_command(sub)
     return parser
 
