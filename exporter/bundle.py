@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BundleError, SpecError
+from .jsonio import read_json
 from .spec import Spec
 
 FORMAT = "dualrate-bundle"
@@ -94,12 +95,8 @@ def open_bundle(path: str | Path) -> Bundle:
     root = Path(path)
     if not root.is_dir():
         raise BundleError(f"bundle {root} not found (expected a directory made by `dualrate export`)")
-    try:
-        manifest = json.loads((root / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise BundleError(f"bundle {root} has no {MANIFEST}; it is incomplete or not a bundle. Re-export it") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"bundle {root}: {MANIFEST} is not valid JSON ({exc}); re-export the bundle") from None
+    manifest = read_json(root / MANIFEST, f"bundle {root}: {MANIFEST}", BundleError, missing=lambda: BundleError(
+        f"bundle {root} has no {MANIFEST}; it is incomplete or not a bundle. Re-export it"))
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
         raise BundleError(f"bundle {root}: {MANIFEST} is not a {FORMAT} manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -120,7 +117,15 @@ def open_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"bundle {root}: file(s) {extra} are not in the manifest; remove them or re-export "
                           "(nothing runs on an unverified bundle)")
     for rel, want in sorted(listed.items()):
-        got = sha256_file(root / rel)
+        path = root / rel
+        if path.is_symlink() or not path.is_file():
+            # a link could point anywhere (or nowhere): bundles hold regular files only
+            raise BundleError(f"bundle {root}: {rel} is not a regular file (a link or a directory); "
+                              "re-export the bundle")
+        try:
+            got = sha256_file(path)
+        except OSError as exc:
+            raise BundleError(f"bundle {root}: {rel} cannot be read ({exc})") from None
         if got != want:
             raise BundleError(f"bundle {root}: {rel} has sha256 {got[:12]}…, the manifest says {want[:12]}…; "
                               "the file was changed after export. Re-export the bundle")

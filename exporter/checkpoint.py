@@ -26,6 +26,7 @@ import torch
 
 from .atomic import atomic_directory
 from .errors import CheckpointError
+from .jsonio import read_json
 from .model_config import preset
 from .model_pair import DualRatePair, build_pair
 
@@ -76,11 +77,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint config {path} not found; a checkpoint directory needs {CONFIG_NAME} "
                               f"and {WEIGHTS_NAME}")
-    try:
-        cfg = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"checkpoint config {path} is not valid JSON ({exc}); re-create it") from None
-    return _check_config(cfg, str(path))
+    return _check_config(read_json(path, f"checkpoint config {path}", CheckpointError), str(path))
 
 
 def _check_config(cfg: Any, where: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ Anything the affine step cannot reproduce raises ``SpecError`` naming the field.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +23,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import SpecError
+from .jsonio import parse_json
 from .schedules import BETA_SCHEDULES, beta_table, discrete_logsnr
 
 SCHEDULER_CLASSES = ("DDPMScheduler", "DDIMScheduler")
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 SPACINGS = ("leading", "trailing", "linspace")
+MAX_TRAIN_TIMESTEPS = 100_000
 
 # diffusers 0.42 __init__ defaults: a hand-written config may omit keys, and
 # diffusers then uses these (note clip_sample defaults to True in both classes).
@@ -101,11 +102,7 @@ def load_scheduler_config(path_or_dict: Mapping[str, Any] | str | Path) -> dict[
                         "scheduler_config.json") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"scheduler config file {path} cannot be read: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"scheduler config file {path} is not valid JSON: {exc.msg} at line {exc.lineno} "
-                        f"column {exc.colno}") from None
+    data = parse_json(text, f"scheduler config file {path}", SpecError)
     if not isinstance(data, dict):
         raise SpecError(f"scheduler config file {path} holds a JSON {type(data).__name__}; "
                         "expected an object with _class_name and the scheduler's parameters")
@@ -175,7 +172,7 @@ def import_scheduler_config(config: Mapping[str, Any] | str | Path, num_steps: i
                             "the square root of a negative number)")
         sampler = "ddim"
     pred_type = c["prediction_type"]
-    if pred_type not in PREDICTIONS:
+    if not isinstance(pred_type, str) or pred_type not in PREDICTIONS:
         raise SpecError(f"{cls}.prediction_type is {pred_type!r}; expected one of {', '.join(PREDICTIONS)}")
     spacing = c["timestep_spacing"]
     if spacing not in SPACINGS:
@@ -183,6 +180,9 @@ def import_scheduler_config(config: Mapping[str, Any] | str | Path, num_steps: i
 
     # --- process: betas -> log-SNR per training timestep -------------------------------
     T = _integer(c["num_train_timesteps"], f"{cls}.num_train_timesteps", minimum=2)
+    if T > MAX_TRAIN_TIMESTEPS:       # tables are built per training timestep: bound the memory
+        raise SpecError(f"{cls}.num_train_timesteps is {T}; at most {MAX_TRAIN_TIMESTEPS} is supported "
+                        "(diffusers models use 1000)")
     steps_offset = _integer(c["steps_offset"], f"{cls}.steps_offset", minimum=0)
     process: dict[str, Any] = {"family": "discrete", "beta_schedule": c["beta_schedule"], "num_train_timesteps": T,
                                "beta_start": _number(c["beta_start"], f"{cls}.beta_start"),
@@ -345,7 +345,7 @@ def _custom_timesteps(timesteps: Sequence[int], T: int) -> list[int]:
 def _trained_betas(value: Any, T: int, cls: str) -> np.ndarray:
     try:
         betas = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SpecError(f"{cls}.trained_betas must be a list of numbers") from None
     if betas.ndim != 1 or len(betas) != T:
         raise SpecError(f"{cls}.trained_betas has shape {betas.shape}; expected {T} values "
@@ -365,8 +365,12 @@ def _flag(c: Mapping[str, Any], key: str) -> bool:
 
 
 def _number(v: Any, field: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(float(v)):
-        raise SpecError(f"{field} is {v!r}; expected a finite number")
+    try:
+        ok = not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(float(v))
+    except OverflowError:            # an int beyond the float range
+        ok = False
+    if not ok:
+        raise SpecError(f"{field} is {str(v)[:40]!r}; expected a finite number")
     return float(v)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,9 @@ from typing import Any, Mapping, Union, get_args, get_origin, get_type_hints
 import numpy as np
 
 from .errors import SpecError
+from .jsonio import parse_json
 from .refresh import check_refresh_steps
-from .sampler_tables import FINAL_STEPS, SAMPLERS, affine_coefficients, build_tables
+from .sampler_tables import FINAL_STEPS, SAMPLERS, build_tables
 from .schedules import alpha_sigma, cosine_logsnr
 
 SPEC_NAME = "dualrate-sampler"
@@ -182,11 +184,7 @@ class Spec:
 
     @staticmethod
     def from_json(text: str, strict: bool = False) -> tuple["Spec", list[str]]:
-        try:
-            data = json.loads(text, parse_constant=_reject_constant)
-        except json.JSONDecodeError as exc:
-            raise SpecError(f"spec is not valid JSON: {exc}") from None
-        return Spec.from_dict(data, strict)
+        return Spec.from_dict(parse_json(text, "spec", SpecError, parse_constant=_reject_constant), strict)
 
     @staticmethod
     def load(path: str | Path, strict: bool = False) -> tuple["Spec", list[str]]:
@@ -297,7 +295,7 @@ def _check_bindings(m: ModelSpec) -> None:
 
 def _check_version(data: Mapping[str, Any]) -> None:
     version = data.get("spec_version")
-    if not isinstance(version, str) or len(version.split(".")) != 3 or not all(p.isdigit() for p in version.split(".")):
+    if not isinstance(version, str) or not re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", version):
         raise SpecError(f"spec_version is {version!r}; expected a semantic version such as {SPEC_VERSION!r}")
     major = int(version.split(".")[0])
     if major != int(SPEC_VERSION.split(".")[0]):
@@ -376,7 +374,13 @@ def _read(tp: Any, value: Any, path: str, strict: bool, warns: list[str]) -> Any
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(f"{where}: expected a number, found {_desc(value)}")
-        return float(value)
+        try:
+            out = float(value)
+        except OverflowError:          # an integer beyond the float range
+            out = math.inf
+        if not math.isfinite(out):     # 1e999 parses as inf
+            raise SpecError(f"{where}: expected a finite number, found {str(value)[:40]}")
+        return out
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise SpecError(f"{where}: expected an integer, found {_desc(value)}")

@@ -7,6 +7,7 @@ Defaults follow VALIDATION.md. ``rel_l2`` and ``cosine`` gate every tensor;
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Mapping, Sequence
 
 from exporter.errors import BadInputError
 
@@ -50,7 +51,7 @@ def gate_for(precision: str, **overrides: float) -> Gate:
 CALIBRATION_FACTOR = 2.0
 
 
-def call_gates(gate: Gate, precision: str, calibration: dict[str, "np.ndarray"] | None) -> dict[tuple[str, str], Gate]:
+def call_gates(gate: Gate, precision: str, calibration: Mapping[str, Sequence[float]] | None) -> dict[tuple[str, str], Gate]:
     """Per-call gates per (graph, output) for reduced precisions: never stricter than twice the
     PyTorch reference's own worst-call spread at that precision (VALIDATION.md: calibrate the
     defaults), never looser than the default. fp32/tf32 use the default gate unchanged."""

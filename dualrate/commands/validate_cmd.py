@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -37,12 +36,9 @@ def gate_overrides(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
     out: dict[str, dict[str, float]] = {}
     if args.gates:
-        try:
-            data = json.loads(args.gates.read_text())
-        except FileNotFoundError:
-            raise BadInputError(f"--gates {args.gates}: file not found") from None
-        except json.JSONDecodeError as exc:
-            raise BadInputError(f"--gates {args.gates}: not valid JSON ({exc})") from None
+        from exporter.jsonio import read_json
+
+        data = read_json(args.gates, f"--gates {args.gates}", BadInputError)
         if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
             raise BadInputError(f"--gates {args.gates}: expected an object of objects, e.g. "
                                 '{"*": {"rel_l2": 2e-4}}')
