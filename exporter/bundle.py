@@ -99,7 +99,7 @@ def open_bundle(path: str | Path) -> Bundle:
         f"bundle {root} has no {MANIFEST}; it is incomplete or not a bundle. Re-export it"))
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
         raise BundleError(f"bundle {root}: {MANIFEST} is not a {FORMAT} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if type(manifest.get("format_version")) is not int or manifest["format_version"] != FORMAT_VERSION:
         raise BundleError(f"bundle {root}: format_version {manifest.get('format_version')!r} is not supported "
                           f"(this dualrate reads {FORMAT_VERSION}); re-export with this version")
     listed = manifest["files"]

@@ -128,6 +128,9 @@ def import_scheduler_config(config: Mapping[str, Any] | str | Path, num_steps: i
                         "imported. For a discrete-time (DDPM-trained) model, save the config of "
                         "DDIMScheduler.from_config(...) or DDPMScheduler.from_config(...) and import that")
     defaults = DEFAULTS[cls]
+    bad_keys = [k for k in cfg if not isinstance(k, str)]
+    if bad_keys:
+        raise SpecError(f"scheduler config keys must be strings; found {bad_keys[0]!r}")
     notes: list[str] = []
     ignored = sorted(k for k in cfg if k not in defaults and not k.startswith("_") and k != "timesteps")
     if ignored:
@@ -184,6 +187,8 @@ def import_scheduler_config(config: Mapping[str, Any] | str | Path, num_steps: i
         raise SpecError(f"{cls}.num_train_timesteps is {T}; at most {MAX_TRAIN_TIMESTEPS} is supported "
                         "(diffusers models use 1000)")
     steps_offset = _integer(c["steps_offset"], f"{cls}.steps_offset", minimum=0)
+    if steps_offset >= T:
+        raise SpecError(f"{cls}.steps_offset is {steps_offset}; it must be below num_train_timesteps ({T})")
     process: dict[str, Any] = {"family": "discrete", "beta_schedule": c["beta_schedule"], "num_train_timesteps": T,
                                "beta_start": _number(c["beta_start"], f"{cls}.beta_start"),
                                "beta_end": _number(c["beta_end"], f"{cls}.beta_end"),

@@ -259,7 +259,7 @@ class Spec:
         if sch.get("family") == "cosine" and s.time_grid == "uniform_t":
             try:
                 want_lam = cosine_logsnr(t, float(sch["logsnr_min"]), float(sch["logsnr_max"]), float(sch.get("shift", 0.0)))
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 raise SpecError(f"process.schedule is incomplete for the cosine family: {exc!r}") from None
             bad = np.abs(lam - want_lam) > 1e-12 + 1e-12 * np.abs(want_lam)
             if np.any(bad):
@@ -325,6 +325,17 @@ def _desc(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"[:80]
 
 
+def _check_finite(value: Any, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(f"{where}: contains a non-finite number, which JSON cannot represent")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
+
+
 def _read(tp: Any, value: Any, path: str, strict: bool, warns: list[str]) -> Any:
     """Convert JSON data to the annotated type, naming the field on any mismatch."""
     origin, args = get_origin(tp), get_args(tp)
@@ -370,6 +381,10 @@ def _read(tp: Any, value: Any, path: str, strict: bool, warns: list[str]) -> Any
     if origin is dict:
         if not isinstance(value, dict):
             raise SpecError(f"{where}: expected an object, found {_desc(value)}")
+        try:
+            _check_finite(value, where)     # free-form, but it must be written back as strict JSON
+        except RecursionError:
+            raise SpecError(f"{where}: nested too deeply") from None
         return dict(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
