@@ -201,7 +201,8 @@ _DIGIT_CHARS = st.one_of(st.sampled_from("0123456789"), st.characters(categories
 semver_like = st.one_of(
     st.integers(1, 4).flatmap(lambda n: st.lists(st.text(alphabet=_DIGIT_CHARS, min_size=1, max_size=3),
                                                  min_size=n, max_size=n)).map(".".join),
-    st.lists(st.text(alphabet=st.one_of(_DIGIT_CHARS, st.characters()), max_size=3), min_size=1, max_size=4).map(".".join))
+    st.lists(st.text(alphabet=st.one_of(_DIGIT_CHARS, st.characters()), max_size=3),
+             min_size=1, max_size=4).map(".".join))
 
 ENUM_STRINGS = ["ancestral", "ddim", "v", "eps", "x0", "NCHW", "NHWC", "float32", "float16", "logsnr", "t",
                 "philox4x32-10", "external", "return_x0", "step", "every_k", "explicit", "front_loaded",
@@ -358,7 +359,9 @@ def _retype(v: Any, how: str) -> Any:
             return next(iter(v.values()))
         return v
     if how == "to_dict":
-        return {str(i): x for i, x in enumerate(v)} if isinstance(v, list) else v if isinstance(v, dict) else {"value": v}
+        if isinstance(v, list):
+            return {str(i): x for i, x in enumerate(v)}
+        return v if isinstance(v, dict) else {"value": v}
     if how == "to_list":
         return list(v.values()) if isinstance(v, dict) else v if isinstance(v, list) else [v, v]
     if how == "empty_list":
@@ -607,7 +610,8 @@ def text_corruptions(draw) -> str:
         if how == "truncate":
             text = text[:i]
         elif how == "insert":
-            text = text[:i] + draw(st.one_of(st.text(max_size=4), st.sampled_from(RAW_TOKENS + [",", "]", "}"]))) + text[i:]
+            junk = draw(st.one_of(st.text(max_size=4), st.sampled_from(RAW_TOKENS + [",", "]", "}"])))
+            text = text[:i] + junk + text[i:]
         elif how == "delete":
             text = text[:i] + text[i + draw(st.integers(1, 20)):]
         elif how == "replace" and i < len(text):
@@ -741,7 +745,8 @@ def bundle_cases(base_manifest: dict, files: dict[str, bytes]) -> st.SearchStrat
     strings = make_strings(_vocab_of(base_manifest) + sorted(files))
     values = make_json_values(strings)
     rels = sorted(files)
-    hash_like = st.one_of(st.sampled_from([_sha(b) for b in files.values()]), st.text(alphabet="0123456789abcdefABCDEF", max_size=70))
+    hash_like = st.one_of(st.sampled_from([_sha(b) for b in files.values()]),
+                          st.text(alphabet="0123456789abcdefABCDEF", max_size=70))
 
     @st.composite
     def hash_edit(draw, man: dict) -> tuple[dict, Op]:
@@ -776,7 +781,8 @@ def bundle_cases(base_manifest: dict, files: dict[str, bytes]) -> st.SearchStrat
             return man, Op("entry_edit", "files", draw(st.just("skipped (no files table)")))
         how = draw(st.sampled_from(["add", "remove", "rename"]))
         if how == "add" or not lst:
-            rel = draw(st.one_of(st.sampled_from(EXTRA_NAMES + ["../outside", "/etc/hostname", "golden", "."]), strings))
+            rel = draw(st.one_of(st.sampled_from(EXTRA_NAMES + ["../outside", "/etc/hostname", "golden", "."]),
+                                 strings))
             lst[rel] = draw(hash_like)
             return man, Op("entry_add", f"files.{rel}", lst[rel])
         rel = draw(st.sampled_from(sorted(lst, key=str)))
@@ -796,7 +802,8 @@ def bundle_cases(base_manifest: dict, files: dict[str, bytes]) -> st.SearchStrat
             return draw(entry_edit(man))
         if kind == "format" and isinstance(man, dict):
             key = draw(st.sampled_from(["format", "format_version"]))
-            new = draw(st.one_of(st.sampled_from([FORMAT, FORMAT_VERSION, 2, 0, "1", 1.0, True, None, "dualrate-bundle "]),
+            new = draw(st.one_of(st.sampled_from([FORMAT, FORMAT_VERSION, 2, 0, "1", 1.0, True, None,
+                                                  "dualrate-bundle "]),
                                  values))
             man[key] = new
             return man, Op("replace", key, new)
@@ -873,7 +880,8 @@ def bundle_cases(base_manifest: dict, files: dict[str, bytes]) -> st.SearchStrat
         data = text.encode("utf-8", errors="surrogatepass")
         if encoding == "invalid-utf8":
             i = draw(st.integers(0, len(data)))
-            data = data[:i] + draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\x80", b"\xf8\x88\x80\x80\x80"])) + data[i:]
+            bad = draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\x80", b"\xf8\x88\x80\x80\x80"]))
+            data = data[:i] + bad + data[i:]
         elif encoding == "bom":
             data = b"\xef\xbb\xbf" + data
         elif encoding == "utf-16":
