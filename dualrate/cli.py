@@ -13,8 +13,8 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__
-from .commands import (add_doctor_command, add_export_commands, add_golden_command, add_model_commands, add_sample_command, add_spec_commands,
-                       add_validate_command)
+from .commands import (add_bench_command, add_doctor_command, add_export_commands, add_golden_command,
+                       add_model_commands, add_sample_command, add_spec_commands, add_validate_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_validate_command(sub)
     add_golden_command(sub)
     add_doctor_command(sub)
+    add_bench_command(sub)
     return parser
 
 

@@ -19,6 +19,13 @@ layers it kept and what they really executed in.
 The runner keeps the encoder's features as ``ov.Tensor``s it allocates itself
 for every ``encode`` (so a later encode for another guidance branch cannot
 overwrite them) and binds them to the denoiser's request without a host copy.
+
+Bundles have a dynamic batch axis, but the CPU plugin runs a dynamic-shape model
+slower: it cannot fuse the element-wise chains (GroupNorm affine, FiLM, SiLU) into
+JIT subgraphs and re-plans shapes at every call. The runner therefore compiles,
+on first use of each row count, a copy of the graph with that batch fixed (the
+sampler calls one row count throughout), checks it computes in the same precision,
+and keeps the last few; the dynamic model stays the reference for input checks.
 """
 
 from __future__ import annotations
@@ -244,14 +251,43 @@ class OpenVinoTarget(Target):
 
 
 class _Graph:
-    """One compiled graph and its single infer request, with input checks that name the graph."""
+    """One compiled graph and its infer request, with input checks that name the graph.
 
-    def __init__(self, name: str, compiled_model: Any):
+    ``source``/``properties`` given and a dynamic batch axis: calls run on a copy compiled
+    for their row count (see the module docstring); ``self.request`` is the one in use.
+    """
+
+    MAX_SPECIALIZED = 4          # row counts kept compiled (each holds its own copy of the weights)
+
+    def __init__(self, name: str, compiled_model: Any, source: Any = None, properties: dict[str, str] | None = None):
         self.name = name
         self.model = compiled_model
         self.request = compiled_model.create_infer_request()
         self.inputs = {p.get_any_name(): (i, p) for i, p in enumerate(compiled_model.inputs)}
         self.outputs = [p.get_any_name() for p in compiled_model.outputs]
+        self._dynamic_request = self.request
+        self._source = source if source is not None and _batch_only_dynamic(compiled_model) else None
+        self._properties = dict(properties or {})
+        self._precision = precision_of(compiled_model)[0] if self._source is not None else None
+        self._by_rows: dict[int, Any] = {}      # insertion order = least recently used first
+
+    def request_for(self, batch: int) -> Any:
+        """The infer request for ``batch`` rows: a static-shape compile when possible, else the dynamic one."""
+        if self._source is None:
+            return self._dynamic_request
+        request = self._by_rows.pop(batch, None)
+        if request is None:
+            model = self._source.clone()
+            model.reshape({p.get_any_name(): _ov().PartialShape([batch, *list(p.get_partial_shape())[1:]])
+                           for p in model.inputs})
+            compiled = _core().compile_model(model, DEVICE, self._properties)
+            # same IR and properties: anything but the same precision would change what parity was gated on
+            request = (compiled.create_infer_request() if precision_of(compiled)[0] == self._precision
+                       else self._dynamic_request)
+            if len(self._by_rows) >= self.MAX_SPECIALIZED:
+                self._by_rows.pop(next(iter(self._by_rows)))
+        self._by_rows[batch] = request
+        return request
 
     def bind(self, values: dict[str, Any]) -> int:
         """Set every input (numpy arrays shared, ``ov.Tensor``s as they are); return the batch size."""
@@ -259,6 +295,7 @@ class _Graph:
         if set(values) != set(self.inputs):
             self._reject(f"got inputs {sorted(values)}, the graph has {sorted(self.inputs)}")
         batch: int | None = None
+        tensors: list[tuple[int, Any]] = []
         for name, value in values.items():
             index, port = self.inputs[name]
             if isinstance(value, ov.Tensor):
@@ -278,8 +315,11 @@ class _Graph:
             if tensor is None:
                 # shares the caller's buffer for the duration of the call: no copy for contiguous input
                 tensor = ov.Tensor(np.ascontiguousarray(arr), shared_memory=True)
-            self.request.set_input_tensor(index, tensor)
+            tensors.append((index, tensor))
         assert batch is not None
+        self.request = self.request_for(batch)
+        for index, tensor in tensors:
+            self.request.set_input_tensor(index, tensor)
         return batch
 
     def output_shapes(self, batch: int) -> list[list[int]] | None:
@@ -323,7 +363,8 @@ class OpenVinoRunner:
         for name, xml in (("encoder", encoder), ("denoiser", denoiser)):
             if not Path(xml).is_file():
                 raise BadInputError(f"compiled OpenVINO model {xml} is missing; run `dualrate compile --target openvino`")
-            graphs[name] = _Graph(name, core.compile_model(core.read_model(str(xml)), DEVICE, self.properties))
+            source = core.read_model(str(xml))
+            graphs[name] = _Graph(name, core.compile_model(source, DEVICE, self.properties), source, self.properties)
         self._enc, self._den = graphs["encoder"], graphs["denoiser"]
         self.effective_precision = loosest(precision_of(g.model)[0] for g in graphs.values())
         if expected_precision is not None and self.effective_precision != expected_precision:
@@ -387,6 +428,13 @@ class OpenVinoRunner:
     def features_to_numpy(self, features: Any) -> list[np.ndarray]:
         ov = _ov()
         return [np.array(f.data) if isinstance(f, ov.Tensor) else np.array(f) for f in features]
+
+
+def _batch_only_dynamic(compiled_model: Any) -> bool:
+    """Whether the batch (axis 0 of every input) is the only dynamic dimension."""
+    shapes = [p.get_partial_shape() for p in compiled_model.inputs]
+    return (any(s[0].is_dynamic for s in shapes)
+            and all(s.rank.is_static and all(d.is_static for d in list(s)[1:]) for s in shapes))
 
 
 def _same_memory(a: Any, b: Any) -> bool:

@@ -214,6 +214,27 @@ def test_features_are_ov_tensors_that_outlive_the_next_encode(bundle, fp32):
     np.testing.assert_array_equal(first, runner.denoise(*args, cond))   # predictions are not aliased either
 
 
+def test_row_counts_run_on_static_copies_that_match_the_dynamic_graph(bundle, fp32):
+    """The CPU plugin runs fixed shapes faster; the copies must compute what the dynamic graph computes."""
+    _, runner = fp32
+    graph = runner._enc
+    rng = np.random.default_rng(1)
+    for rows in (1, 3, 2, 5, 6, 7):                         # more row counts than it keeps compiled
+        z = rng.standard_normal((rows, 1, 8, 8)).astype(np.float32)
+        lam = np.full(rows, 0.25, np.float32)
+        cls = np.arange(rows, dtype=np.int64) % 10
+        specialized = runner.features_to_numpy(runner.encode(z, lam, cls))
+        assert graph.request is not graph._dynamic_request
+        dynamic = graph._dynamic_request
+        for i, value in enumerate((z, lam, cls)):
+            dynamic.set_input_tensor(i, ov.Tensor(np.ascontiguousarray(value)))
+        dynamic.infer()
+        for got, port in zip(specialized, graph.outputs):
+            # fp32 both ways; only the summation order of the kernels differs
+            assert compare(got, dynamic.get_tensor(port).data).rel_l2 <= 1e-5
+    assert list(graph._by_rows) == [2, 5, 6, 7] and len(graph._by_rows) == graph.MAX_SPECIALIZED
+
+
 def test_compile_cache_is_reused(bundle, target, fp32):
     compiled, _ = fp32
     stamp = {p.name: p.stat().st_mtime_ns for p in compiled.path.iterdir()}

@@ -1,0 +1,140 @@
+"""``dualrate bench`` on the tiny bundle: the document is complete, finite and self-consistent.
+
+No timing thresholds here: performance claims live in docs/benchmarks.md, measured by the
+benchmark itself on the benchmark config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+
+from exporter.errors import BackendUnavailableError, BadInputError
+from exporter.sampling import call_plan
+from validation.bench import BenchOptions, bench, console_table, count_graph_flops, speedup_bound
+
+KEYS = ("speedup_realized", "speedup_bound", "loop_overhead", "vs_torch_eager", "encoder_gflops", "matmul_gflops")
+
+
+@pytest.fixture(scope="module")
+def doc(tiny_bundle):
+    return bench(tiny_bundle.path, BenchOptions(target="onnxruntime", batch=2, repeats=2, threads=1))
+
+
+def _numbers(obj, path=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, f"{path}[{i}]")
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield path, obj
+
+
+def test_document_has_the_keys_and_only_finite_numbers(doc):
+    for key in KEYS:
+        assert isinstance(doc[key], float), key
+    for path, value in _numbers(doc):
+        assert math.isfinite(value), path
+    assert doc["latency_ms"]["encoder"] > 0 and doc["latency_ms"]["denoiser"] > 0
+    assert set(doc["times_s"]) == {"dual_rate", "single_rate", "torch_eager"}
+    json.dumps(doc, allow_nan=False)
+
+
+def test_flops_are_counted_on_the_checkpoint_modules_at_the_loop_rows(doc, tiny_bundle, pair):
+    spec = tiny_bundle.spec
+    rows = doc["setup"]["rows_per_call"]
+    assert rows == 2 * doc["setup"]["batch"]          # guidance everywhere: both branches batched
+    assert count_graph_flops(pair, spec, rows) == {"encoder": doc["flops"]["encoder_call"],
+                                                    "denoiser": doc["flops"]["denoiser_call"]}
+
+
+def test_speedup_bound_follows_the_flop_model(doc, tiny_bundle):
+    spec = tiny_bundle.spec
+    n = spec.sampler.num_steps
+    m = sum(call.refresh for step in call_plan(spec) for call in step)
+    assert m == doc["setup"]["encoder_calls"] == len(spec.dual_rate.resolved_refresh_steps)
+    f_e, f_g = doc["flops"]["encoder_call"], doc["flops"]["denoiser_call"]
+    want = (n * f_e + n * f_g) / (m * f_e + n * f_g)
+    assert doc["speedup_bound"] == pytest.approx(want, rel=1e-12)
+    # the same bound from the total FLOPs of both sampler runs (every call of each plan)
+    assert doc["flops"]["single_rate_run"] / doc["flops"]["dual_rate_run"] == pytest.approx(want, rel=1e-12)
+    assert speedup_bound(n, n, f_e, f_g) == pytest.approx(1.0)
+
+
+def test_derived_numbers_agree_with_the_measured_ones(doc):
+    t = doc["times_s"]
+    assert doc["speedup_realized"] == pytest.approx(t["single_rate"] / t["dual_rate"])
+    assert doc["vs_torch_eager"] == pytest.approx(t["torch_eager"] / t["dual_rate"])
+    assert doc["speedup_fraction_of_bound"] == pytest.approx(doc["speedup_realized"] / doc["speedup_bound"])
+    assert doc["encoder_gflops"] == pytest.approx(doc["flops"]["encoder_call"] / doc["latency_ms"]["encoder"] / 1e6)
+    assert doc["denoiser_gflops"] == pytest.approx(doc["flops"]["denoiser_call"] / doc["latency_ms"]["denoiser"] / 1e6)
+    assert doc["matmul_gflops"] == max(doc["matmul"]["gflops"].values()) > 0
+    assert 0.0 <= doc["loop_overhead"] < 1.0
+    for runs in doc["runs"].values():
+        assert len(runs) == 2
+        for run in runs:
+            assert 0 < run["graph_s"] <= run["wall_s"]
+
+
+def test_console_table_names_the_headline_numbers(doc):
+    text = console_table(doc)
+    for word in ("encoder", "denoiser", "speedup realized", "vs torch eager", "loop overhead", "matmul"):
+        assert word in text
+
+
+def _run_command(*argv):
+    from dualrate.commands.bench_cmd import add_bench_command
+
+    parser = argparse.ArgumentParser()
+    add_bench_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", *argv])
+    return args.handler(args)
+
+
+def test_command_writes_json_and_returns_0(tiny_bundle, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert _run_command(str(tiny_bundle.path), "--target", "onnxruntime", "--batch", "1", "--repeats", "1",
+                        "--threads", "1", "--no-single-rate", "--no-torch", "--json", str(out)) == 0
+    data = json.loads(out.read_text())
+    assert data["target"]["backend"] == "onnxruntime" and "speedup_realized" not in data
+    assert "loop overhead" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag,value", [("--batch", "0"), ("--repeats", "0"), ("--threads", "-1")])
+def test_bad_numbers_are_bad_input(tiny_bundle, flag, value):
+    with pytest.raises(BadInputError, match=flag):
+        _run_command(str(tiny_bundle.path), "--target", "onnxruntime", flag, value)
+
+
+def test_unknown_target_and_precision_are_bad_input(tiny_bundle):
+    with pytest.raises(BadInputError, match="unknown target"):
+        _run_command(str(tiny_bundle.path), "--target", "nope")
+    with pytest.raises(BadInputError, match="precision"):
+        _run_command(str(tiny_bundle.path), "--target", "onnxruntime", "--precision", "fp16")
+
+
+def test_unavailable_target_exits_3(tiny_bundle):
+    from targets.base import get_target
+
+    if get_target("tensorrt").available() is None:
+        pytest.skip("TensorRT is usable here")
+    with pytest.raises(BackendUnavailableError) as info:
+        _run_command(str(tiny_bundle.path), "--target", "tensorrt")
+    assert info.value.exit_code == 3
+
+
+def test_wrong_checkpoint_is_refused(tiny_bundle, tmp_path):
+    from exporter.checkpoint import make_config, save_checkpoint
+    from exporter.model_config import preset
+
+    from tests.conftest import tiny_pair
+
+    other = save_checkpoint(tiny_pair(seed=1), make_config({"family": "dr-uvit", **preset("tiny").to_dict()}),
+                            tmp_path / "other")
+    with pytest.raises(BadInputError, match="sha256"):
+        bench(tiny_bundle.path, BenchOptions(target="onnxruntime", batch=1, repeats=1, checkpoint=other))
