@@ -74,6 +74,9 @@ def test_derived_numbers_agree_with_the_measured_ones(doc):
     assert doc["encoder_gflops"] == pytest.approx(doc["flops"]["encoder_call"] / doc["latency_ms"]["encoder"] / 1e6)
     assert doc["denoiser_gflops"] == pytest.approx(doc["flops"]["denoiser_call"] / doc["latency_ms"]["denoiser"] / 1e6)
     assert doc["matmul_gflops"] == max(doc["matmul"]["gflops"].values()) > 0
+    at_matmul_rate = doc["flops"]["dual_rate_run"] / (doc["matmul_gflops"] * 1e9)
+    assert doc["vs_torch_eager_ceiling"] == pytest.approx(t["torch_eager"] / at_matmul_rate)
+    assert doc["dual_rate_fraction_of_matmul"] == pytest.approx(at_matmul_rate / t["dual_rate"])
     assert 0.0 <= doc["loop_overhead"] < 1.0
     for runs in doc["runs"].values():
         assert len(runs) == 2
