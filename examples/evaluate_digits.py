@@ -31,7 +31,7 @@ def evaluate(checkpoint: Path, per_class: int, opts: SamplerOptions, seed: int =
     runner = TorchReferenceRunner(ck.pair)
     info = ck.pair.info
     feats = runner.encode(np.zeros((1, *info.sample_shape), np.float32), np.zeros(1, np.float32), np.zeros(1, np.int64))
-    spec = make_spec(info, [tuple(f.shape[1:]) for f in feats], opts)
+    spec = make_spec(info, [tuple(f.shape[1:]) for f in feats], opts, runner=runner)
     labels = np.repeat(np.arange(10), per_class)
     start = time.perf_counter()
     x = sample(runner, spec, labels, spec_noise(spec, len(labels), seed)).x

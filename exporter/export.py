@@ -66,8 +66,10 @@ def build_bundle(ckpt: LoadedCheckpoint, root: Path, opts: ExportOptions, progre
     probe = runner.encode(np.zeros((1, *info.sample_shape), np.float32), np.zeros(1, np.float32),
                           np.zeros(1, np.int64))
     feature_shapes = [tuple(f.shape[1:]) for f in probe]
+    if opts.sampler.refresh == "calibrated":
+        progress("calibrating the refresh steps on the PyTorch model")
     spec = make_spec(info, feature_shapes, opts.sampler,
-                     {"checkpoint_sha256": ckpt.sha256, "checkpoint": ckpt.path.name})
+                     {"checkpoint_sha256": ckpt.sha256, "checkpoint": ckpt.path.name}, runner=runner)
     batch = opts.static_batch or opts.golden_batch
     if opts.static_batch is not None and opts.static_batch < 1:
         raise BadInputError(f"--static-batch {opts.static_batch}: expected a positive batch size")

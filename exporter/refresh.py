@@ -8,7 +8,9 @@ generator. Generators:
 * ``explicit``: a given list;
 * ``front_loaded`` (count, power): denser at high noise (early steps), i = floor(N (j/count)^power);
 * ``uniform_logsnr`` (count): the first step at or past each of ``count`` log-SNR levels
-  evenly spaced between the first and the last step's (at most ``count`` refreshes).
+  evenly spaced between the first and the last step's (at most ``count`` refreshes);
+* ``calibrated`` (threshold): measured on the model, see ``refresh_calibration``; it
+  cannot be resolved from numbers alone, so ``resolve_refresh`` refuses it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 from .errors import SpecError
 
-REFRESH_KINDS = ("every_k", "explicit", "front_loaded", "uniform_logsnr")
+REFRESH_KINDS = ("every_k", "explicit", "front_loaded", "uniform_logsnr", "calibrated")
 
 
 def check_refresh_steps(steps: Sequence[int], num_steps: int, field: str = "dual_rate.resolved_refresh_steps") -> tuple[int, ...]:
@@ -64,6 +66,9 @@ def resolve_refresh(kind: str, params: Mapping[str, Any], num_steps: int,
         # refresh whenever log-SNR has moved by a fixed amount since the last one
         targets = np.linspace(lam[0], lam[-1], count)
         steps = {int(np.searchsorted(lam, x, side="left")) for x in targets} | {0}
+    elif kind == "calibrated":
+        raise SpecError("calibrated refresh steps are measured on the model (exporter.refresh_calibration), "
+                        "not resolved from parameters; build the spec with a reference runner")
     else:
         raise SpecError(f"dual_rate.refresh.kind is {kind!r}; supported: {', '.join(REFRESH_KINDS)}")
     return check_refresh_steps(sorted(steps), n)

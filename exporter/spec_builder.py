@@ -62,7 +62,7 @@ def graph_io(info: PairInfo, feature_shapes: Sequence[Sequence[int]]) -> tuple[G
 
 
 def make_spec(info: PairInfo, feature_shapes: Sequence[Sequence[int]], opts: SamplerOptions,
-              provenance: dict[str, Any] | None = None) -> Spec:
+              provenance: dict[str, Any] | None = None, runner: Any = None) -> Spec:
     """Resolve options into a validated spec (continuous cosine schedule, uniform t grid)."""
     if opts.sampler == "ancestral" and opts.eta != 1.0:
         raise BadInputError(f"--eta {opts.eta} was given with the ancestral sampler, which has no eta; "
@@ -71,15 +71,24 @@ def make_spec(info: PairInfo, feature_shapes: Sequence[Sequence[int]], opts: Sam
     t = time_grid(opts.num_steps)
     schedule = {"family": "cosine", "logsnr_min": lo, "logsnr_max": hi, "shift": opts.logsnr_shift}
     return assemble_spec(info, feature_shapes, opts, t, cosine_logsnr(t, lo, hi, opts.logsnr_shift),
-                         schedule, "uniform_t", provenance)
+                         schedule, "uniform_t", provenance, runner)
 
 
 def assemble_spec(info: PairInfo, feature_shapes: Sequence[Sequence[int]], opts: SamplerOptions,
                   t: np.ndarray, logsnr: np.ndarray, schedule: dict[str, Any], grid: str,
-                  provenance: dict[str, Any] | None = None) -> Spec:
-    """Tables, refresh list and I/O binding for a given grid; validated before it is returned."""
+                  provenance: dict[str, Any] | None = None, runner: Any = None) -> Spec:
+    """Tables, refresh list and I/O binding for a given grid; validated before it is returned.
+
+    The ``calibrated`` refresh generator is measured on the model: it needs ``runner`` (a
+    reference runner of the pair) and starts from the every-step schedule it then thins.
+    """
     tables = build_tables(t, logsnr, opts.sampler, opts.eta, opts.final_step)
-    refresh_steps = resolve_refresh(opts.refresh, opts.refresh_params, opts.num_steps, logsnr)
+    calibrated = opts.refresh == "calibrated"
+    if calibrated and runner is None:
+        raise BadInputError("the calibrated refresh schedule is measured on the model, and none is at hand here; "
+                            "use it where a checkpoint is loaded (dualrate export/sample --refresh-calibrated T)")
+    refresh, refresh_params = ("every_k", {"k": 1, "phase": 0}) if calibrated else (opts.refresh, opts.refresh_params)
+    refresh_steps = resolve_refresh(refresh, refresh_params, opts.num_steps, logsnr)
     enc, den = graph_io(info, feature_shapes)
     spec = Spec(
         model=ModelSpec(sample_shape=info.sample_shape, num_classes=info.num_classes, null_class=info.null_class,
@@ -89,13 +98,16 @@ def assemble_spec(info: PairInfo, feature_shapes: Sequence[Sequence[int]], opts:
         sampler=SamplerSpec(type=opts.sampler, eta=opts.eta, num_steps=opts.num_steps,
                             tables=Tables(**{k: tuple(float(x) for x in v) for k, v in tables.items()}),
                             clip_x0=opts.clip_x0, final_step=opts.final_step, time_grid=grid),
-        dual_rate=DualRateSpec(refresh=RefreshSpec(opts.refresh, dict(opts.refresh_params)),
+        dual_rate=DualRateSpec(refresh=RefreshSpec(refresh, dict(refresh_params)),
                                resolved_refresh_steps=refresh_steps),
         noise=NoiseSpec(rng=RngSpec(kind=opts.rng, seed=None if opts.rng == "external" else opts.seed)),
         guidance=GuidanceSpec(scale=opts.guidance, interval_logsnr=opts.guidance_interval),
         provenance=dict(provenance or {}),
     )
     spec.validate()
+    if calibrated:
+        from .refresh_calibration import calibrate
+        return calibrate(runner, spec, opts.refresh_params)
     return spec
 
 

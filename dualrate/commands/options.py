@@ -11,6 +11,9 @@ def add_sampler_flags(p: argparse.ArgumentParser) -> None:
     r = g.add_mutually_exclusive_group()
     r.add_argument("--refresh-every", type=int, metavar="K", help="run the encoder every K steps (default 4)")
     r.add_argument("--refresh-steps", metavar="0,4,..", help="explicit comma-separated refresh steps (must include 0)")
+    r.add_argument("--refresh-calibrated", type=float, metavar="T",
+                   help="refresh when the encoder's features have drifted by more than T (relative L2), measured "
+                        "on the model over a 4-sample calibration run")
     g.add_argument("--sampler", choices=("ancestral", "ddim"), default=None, help="default ancestral")
     g.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (ddim only; default 0)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale w (default 1 = off)")
@@ -18,7 +21,7 @@ def add_sampler_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-x0", type=float, default=None, help="clip x0 estimates to [-C, C]")
 
 
-SAMPLER_FLAGS = ("steps", "refresh_every", "refresh_steps", "sampler", "eta", "guidance", "guidance_interval", "clip_x0")
+SAMPLER_FLAGS = ("steps", "refresh_every", "refresh_steps", "refresh_calibrated", "sampler", "eta", "guidance", "guidance_interval", "clip_x0")
 
 
 def given_sampler_flags(args: argparse.Namespace) -> list[str]:
@@ -37,6 +40,8 @@ def sampler_options(args: argparse.Namespace):
         except ValueError:
             raise BadInputError(f"--refresh-steps {args.refresh_steps!r}: expected comma-separated integers") from None
         refresh, params = "explicit", {"steps": steps}
+    elif args.refresh_calibrated is not None:
+        refresh, params = "calibrated", {"threshold": args.refresh_calibrated}
     else:
         refresh, params = "every_k", {"k": args.refresh_every or 4, "phase": 0}
     interval = None

@@ -69,7 +69,7 @@ def open_source(args: argparse.Namespace):
     feats = runner.encode(np.zeros((1, *info.sample_shape), np.float32), np.zeros(1, np.float32),
                           np.zeros(1, np.int64))
     spec = make_spec(info, [tuple(f.shape[1:]) for f in feats], sampler_options(args),
-                     {"checkpoint_sha256": ckpt.sha256})
+                     {"checkpoint_sha256": ckpt.sha256}, runner=runner)
     return runner, spec, "torch reference"
 
 
