@@ -88,6 +88,10 @@ def test_console_table_names_the_headline_numbers(doc):
     text = console_table(doc)
     for word in ("encoder", "denoiser", "speedup realized", "vs torch eager", "loop overhead", "matmul"):
         assert word in text
+    assert f"ceiling {doc['vs_torch_eager_ceiling']:.2f}x" in text
+    # the ceiling is for fp32 arithmetic: a bf16 run is not held to it, nor credited against it
+    bf16 = {**doc, "target": {**doc["target"], "effective_precision": "bf16"}}
+    assert "computing in bf16 against fp32 eager; the fp32 ceiling" in console_table(bf16)
 
 
 def _run_command(*argv):
