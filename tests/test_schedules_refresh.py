@@ -93,7 +93,8 @@ def test_uniform_logsnr_refreshes_where_logsnr_moves_fast():
     ("explicit", {"steps": [0, 10]}, "out of range for 10 steps"),
     ("every_k", {"k": 0}, "dual_rate.refresh.k is 0"),
     ("front_loaded", {"count": 20}, "dual_rate.refresh.count is 20"),
-    ("calibrated", {}, "dual_rate.refresh.kind is 'calibrated'"),
+    ("calibrated", {"threshold": 0.1}, "calibrated refresh steps are measured on the model"),
+    ("every_second", {}, "dual_rate.refresh.kind is 'every_second'"),
 ])
 def test_refresh_errors(kind, params, message):
     with pytest.raises(SpecError, match=message):
