@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BundleError, SpecError
+from .errors import BadInputError, BundleError, SpecError
 from .jsonio import read_json
 from .spec import Spec
 
@@ -137,3 +137,38 @@ def open_bundle(path: str | Path) -> Bundle:
     except SpecError as exc:
         raise BundleError(f"bundle {root}: {exc}") from None
     return Bundle(root, manifest, spec)
+
+
+def recorded_checkpoint(bundle: Bundle, checkpoint: str | Path | None = None) -> Path | None:
+    """``checkpoint`` if given, else the source checkpoint path the manifest records (may not exist)."""
+    src = bundle.manifest.get("source_checkpoint") or {}
+    return Path(checkpoint) if checkpoint else (Path(src["path"]) if src.get("path") else None)
+
+
+def load_source_checkpoint(bundle: Bundle, checkpoint: str | Path | None, purpose: str,
+                           allow_factory: bool = False, alternative: str = ""):
+    """Load the checkpoint the bundle was exported from; BadInputError unless its sha256 matches.
+
+    ``purpose`` says why the PyTorch modules are needed (it opens the errors); ``alternative``
+    is appended to the advice, e.g. ", or use --reference golden".
+    """
+    from .checkpoint import load_checkpoint
+
+    src = bundle.manifest.get("source_checkpoint") or {}
+    want, name = src.get("sha256"), src.get("name", "the checkpoint it was exported from")
+    if not want:
+        raise BadInputError(f"bundle {bundle.path}: manifest.json records no source_checkpoint.sha256, so its "
+                            f"checkpoint cannot be verified; re-export the bundle{alternative}")
+    path = recorded_checkpoint(bundle, checkpoint)
+    hint = f"pass checkpoint=PATH (CLI: --checkpoint PATH) pointing at {name} (sha256 {want[:12]}…){alternative}"
+    if path is None:
+        raise BadInputError(f"{purpose}, and bundle {bundle.path} does not record where its checkpoint is; {hint}")
+    if not path.exists():
+        where = "given" if checkpoint else "recorded in the bundle's manifest.json"
+        raise BadInputError(f"{purpose}, but the checkpoint {where}, {path}, is not there; {hint}")
+    ckpt = load_checkpoint(path, allow_factory=allow_factory)
+    if ckpt.sha256 != want:
+        raise BadInputError(f"checkpoint {path} has sha256 {ckpt.sha256[:12]}…, but bundle {bundle.path} was exported "
+                            f"from {name} with sha256 {want[:12]}…; pass the checkpoint the bundle was exported "
+                            f"from{alternative}, or re-export the bundle from this checkpoint")
+    return ckpt

@@ -17,14 +17,13 @@ recorded beside it.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .errors import BadInputError
-from .spec import RefreshSpec, Spec
+from .spec import Spec
 
 CALIBRATION_DEFAULTS = {"batch": 4, "seed": 0}
 
@@ -114,9 +113,5 @@ def calibrate(runner: Any, spec: Spec, params: dict[str, Any]) -> Spec:
     labels = np.arange(p["batch"], dtype=np.int64) % spec.model.num_classes
     drifting = _DriftRunner(runner, p["threshold"], spec.sampler.num_steps)
     sample(drifting, every_step(spec), labels, spec_noise(spec, p["batch"], p["seed"]), on_step=drifting.next_step)
-    out = with_refresh_steps(spec, drifting.refresh_steps)
     recorded = {**p, "measured_drift": [None if d is None else round(d, 6) for d in drifting.drift]}
-    dual = dataclasses.replace(out.dual_rate, refresh=RefreshSpec("calibrated", recorded))
-    out = dataclasses.replace(out, dual_rate=dual)
-    out.validate()
-    return out
+    return with_refresh_steps(spec, drifting.refresh_steps, "calibrated", recorded)

@@ -111,11 +111,13 @@ def assemble_spec(info: PairInfo, feature_shapes: Sequence[Sequence[int]], opts:
     return spec
 
 
-def with_refresh_steps(spec: Spec, steps: Sequence[int], kind: str = "explicit") -> Spec:
-    """A copy of ``spec`` with another resolved refresh list (validated)."""
+def with_refresh_steps(spec: Spec, steps: Sequence[int], kind: str = "explicit",
+                       params: dict[str, Any] | None = None) -> Spec:
+    """A copy of ``spec`` with another resolved refresh list (validated); ``params`` describe how it was made."""
     import dataclasses
 
-    params = {"steps": list(steps)} if kind == "explicit" else {"k": 1, "phase": 0}
+    if params is None:
+        params = {"steps": list(steps)} if kind == "explicit" else {"k": 1, "phase": 0}
     dual = dataclasses.replace(spec.dual_rate, refresh=RefreshSpec(kind, params), resolved_refresh_steps=tuple(steps))
     out = dataclasses.replace(spec, dual_rate=dual)
     out.validate()

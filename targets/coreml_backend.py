@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporter.bundle import Bundle
+from exporter.bundle import Bundle, load_source_checkpoint
 from exporter.errors import BackendUnavailableError, BadInputError
 from exporter.export import graph_rows
 from exporter.golden import graph_calls
@@ -116,33 +116,6 @@ def coreml_rows(spec: Spec, manifest: dict[str, Any], batch_sizes: Sequence[int]
 
 def _shape(shape: Sequence[int | str], rows: int) -> tuple[int, ...]:
     return tuple(rows if d == "batch" else int(d) for d in shape)
-
-
-# -- the checkpoint ---------------------------------------------------------------
-def source_checkpoint(bundle: Bundle, checkpoint: str | Path | None = None, allow_factory: bool = False):
-    """Load the checkpoint the bundle was exported from; BadInputError unless its sha256 matches."""
-    from exporter.checkpoint import load_checkpoint
-
-    src = bundle.manifest.get("source_checkpoint") or {}
-    want, name = src.get("sha256"), src.get("name", "the checkpoint it was exported from")
-    if not want:
-        raise BadInputError(f"bundle {bundle.path}: manifest.json records no source_checkpoint.sha256, so the "
-                            "checkpoint Core ML converts from cannot be verified; re-export the bundle")
-    path = Path(checkpoint) if checkpoint else (Path(src["path"]) if src.get("path") else None)
-    hint = f"pass checkpoint=PATH (CLI: --checkpoint PATH) pointing at {name} (sha256 {want[:12]}…)"
-    if path is None:
-        raise BadInputError(f"Core ML converts from the PyTorch modules, and bundle {bundle.path} does not record "
-                            f"where its checkpoint is; {hint}")
-    if not path.exists():
-        where = "given" if checkpoint else "recorded in the bundle's manifest.json"
-        raise BadInputError(f"Core ML converts from the PyTorch modules, but the checkpoint {where}, {path}, is "
-                            f"not there; {hint}")
-    ckpt = load_checkpoint(path, allow_factory=allow_factory)
-    if ckpt.sha256 != want:
-        raise BadInputError(f"checkpoint {path} has sha256 {ckpt.sha256[:12]}…, but bundle {bundle.path} was exported "
-                            f"from {name} with sha256 {want[:12]}…; Core ML must convert the weights the bundle's "
-                            f"graphs hold. {hint[0].upper() + hint[1:]}, or re-export the bundle from this checkpoint")
-    return ckpt
 
 
 # -- fp16 pre-flight --------------------------------------------------------------
@@ -409,8 +382,8 @@ class CoreMLTarget(Target):
     def numeric_unavailable(self) -> str | None:
         system = platform.system()
         if system != "Darwin":
-            return (f"Core ML prediction requires macOS (this is {system}); the packages were converted and "
-                    "inspected, numeric parity was not run here")
+            return (f"Core ML prediction requires macOS (this is {system}); conversion and structural checks "
+                    "run here, numeric parity is not run here")
         try:
             from coremltools import libcoremlpython  # noqa: F401  (the native prediction library)
         except ImportError as exc:
@@ -429,7 +402,8 @@ class CoreMLTarget(Target):
                      minimum_deployment_target: str | None = None, **_: Any) -> dict[str, Any]:
         ct = _ct()
         spec = bundle.spec
-        ckpt = source_checkpoint(bundle, checkpoint, allow_factory)
+        ckpt = load_source_checkpoint(bundle, checkpoint, "Core ML converts from the PyTorch modules",
+                                      allow_factory)
         rows = coreml_rows(spec, bundle.manifest, batch_sizes)
         graphs = {"encoder": (EncoderGraph(ckpt.pair.encoder).eval(), spec.model.encoder),
                   "denoiser": (DenoiserGraph(ckpt.pair.denoiser).eval(), spec.model.denoiser)}

@@ -28,13 +28,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from exporter.bundle import Bundle, open_bundle
+from exporter.bundle import GRAPHS, Bundle, load_source_checkpoint, open_bundle
 from exporter.errors import BackendUnavailableError, BadInputError
-from exporter.sampling import call_plan, sample, spec_noise
+from exporter.sampling import call_plan, group_labels, sample, spec_noise
 from exporter.spec import Spec
 from exporter.spec_builder import every_step
 
-GRAPHS = ("encoder", "denoiser")
 MATMUL_N = 4096                     # large enough to run at the machine's sgemm peak (2048: ~8% below)
 Progress = Callable[[str], None]
 
@@ -164,8 +163,6 @@ def timed_sample(runner: TimedRunner, spec: Spec, labels: np.ndarray, seed: int)
 
 def warm_up(runner: Any, spec: Spec, labels: np.ndarray, seed: int) -> None:
     """One encoder and two denoiser calls at the loop's shapes (lets runtimes pick and cache kernels)."""
-    from exporter.sampling import group_labels
-
     rows = rows_per_call(spec, len(labels))
     cls = group_labels(labels, spec.model.null_class, ("cond", "uncond"))[:rows]
     z = spec_noise(spec, rows, seed).draw(0, tuple(spec.model.sample_shape))
@@ -177,22 +174,6 @@ def warm_up(runner: Any, spec: Spec, labels: np.ndarray, seed: int) -> None:
 
 # ----------------------------------------------------------------------------- the run
 
-def load_reference_pair(bundle: Bundle, checkpoint: Path | None) -> Any:
-    """The bundle's source PyTorch pair, verified against the manifest's sha256."""
-    from exporter.checkpoint import load_checkpoint
-
-    src = bundle.manifest.get("source_checkpoint", {})
-    path = checkpoint or (Path(src["path"]) if src.get("path") else None)
-    if path is None or not path.exists():
-        raise BadInputError(f"bench counts FLOPs on the PyTorch modules and needs the checkpoint; the manifest names "
-                            f"{src.get('path')!r}, which does not exist here. Pass --checkpoint PATH")
-    ckpt = load_checkpoint(path)
-    if ckpt.sha256 != src.get("sha256"):
-        raise BadInputError(f"checkpoint {path} has sha256 {ckpt.sha256[:12]}…, but the bundle was exported from "
-                            f"{str(src.get('sha256'))[:12]}…; pass the checkpoint it came from")
-    return ckpt.pair
-
-
 def open_backend(bundle: Bundle, opts: BenchOptions) -> tuple[Any, Any, Any]:
     """(target, compiled, runner) for the bundle on ``opts.target``; unusable here -> BackendUnavailableError."""
     from targets.base import get_target
@@ -200,10 +181,10 @@ def open_backend(bundle: Bundle, opts: BenchOptions) -> tuple[Any, Any, Any]:
     target = get_target(opts.target)
     target.check_precision(opts.precision)
     target.require()
-    compiled = target.compile(bundle, opts.precision)
-    reason = target.numeric_unavailable()
+    reason = target.numeric_unavailable()      # before compiling: nothing to time, so nothing to build
     if reason:
         raise BackendUnavailableError(f"target {target.name} cannot run here: {reason}")
+    compiled = target.compile(bundle, opts.precision)
     return target, compiled, target.open_runner(bundle, compiled, threads=opts.threads)
 
 
@@ -224,7 +205,8 @@ def bench(bundle_path: str | Path, opts: BenchOptions, progress: Progress = lamb
     bundle = open_bundle(bundle_path)
     target, compiled, backend_runner = open_backend(bundle, opts)
     threads = opts.threads or os.cpu_count() or 1
-    pair = load_reference_pair(bundle, opts.checkpoint)
+    pair = load_source_checkpoint(bundle, opts.checkpoint, "bench counts FLOPs and times eager on the PyTorch "
+                                  "modules").pair
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)          # the eager reference gets the cores the backend gets
     try:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from exporter.bundle import Bundle, open_bundle, sha256_file
+from exporter.bundle import Bundle, load_source_checkpoint, open_bundle, recorded_checkpoint, sha256_file
 from exporter.errors import BackendUnavailableError, BadInputError
 from exporter.spec import Spec
 
@@ -105,24 +105,17 @@ def validate(bundle_path: str | Path, opts: ValidateOptions) -> tuple[dict[str, 
 
 def reference_vectors(bundle: Bundle, opts: ValidateOptions) -> tuple[dict[str, dict[str, np.ndarray]], str]:
     """The reference as one vectors dict: recomputed from the checkpoint, or the bundle's golden files."""
-    src = bundle.manifest.get("source_checkpoint", {})
-    path = opts.checkpoint or (Path(src["path"]) if src.get("path") else None)
+    path = recorded_checkpoint(bundle, opts.checkpoint)
     use_torch = opts.reference == "torch" or (opts.reference == "auto" and path is not None and path.exists())
     if not use_torch:
         if opts.reference not in ("golden", "auto"):
             raise BadInputError(f"--reference {opts.reference!r}: expected torch, golden or auto")
         return {name: bundle.golden(name) for name in bundle.golden_names()}, "golden"
-    if path is None or not path.exists():
-        raise BadInputError(f"--reference torch needs the checkpoint; the manifest names {src.get('path')!r}, which "
-                            "does not exist here. Pass --checkpoint PATH or use --reference golden")
-    from exporter.checkpoint import load_checkpoint
     from exporter.golden import capture
     from exporter.torch_runner import TorchReferenceRunner
 
-    ckpt = load_checkpoint(path)
-    if ckpt.sha256 != src.get("sha256"):
-        raise BadInputError(f"checkpoint {path} has sha256 {ckpt.sha256[:12]}…, but the bundle was exported from "
-                            f"{str(src.get('sha256'))[:12]}…; pass the checkpoint it came from, or --reference golden")
+    ckpt = load_source_checkpoint(bundle, opts.checkpoint, "--reference torch recomputes the reference on the "
+                                  "PyTorch modules", alternative=", or use --reference golden")
     export = bundle.manifest.get("export_options", {})
     vectors = capture(TorchReferenceRunner(ckpt.pair), bundle.spec, tuple(export.get("golden_seeds", (0, 1))),
                       int(export.get("golden_batch", 2)))
