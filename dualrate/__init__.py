@@ -1,3 +1,11 @@
-"""dualrate: export, compile and validate Dual-Rate Diffusion models (command-line front end)."""
+"""dualrate: export, compile and validate Dual-Rate Diffusion models.
 
-__version__ = "0.1.0"
+``import dualrate`` is the entry point of the Python API; the library lives in
+``dualrate.exporter`` (model, spec, sampling loop, ONNX export), ``dualrate.targets``
+(one module per backend) and ``dualrate.validation`` (parity layers, reports). The
+command line (``dualrate.cli``) is a thin layer over the same functions.
+"""
+
+from dualrate.exporter.version import __version__
+
+__all__ = ["__version__"]

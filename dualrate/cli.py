@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
-    from exporter.errors import DualrateError
+    from dualrate.exporter.errors import DualrateError
 
     try:
         return int(handler(args) or 0)

@@ -19,11 +19,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exporter.checkpoint import load_checkpoint  # noqa: E402
-from exporter.digits_data import downsample_to_8x8, fit_digit_classifier  # noqa: E402
-from exporter.sampling import sample, spec_noise  # noqa: E402
-from exporter.spec_builder import SamplerOptions, make_spec  # noqa: E402
-from exporter.torch_runner import TorchReferenceRunner  # noqa: E402
+from dualrate.exporter.checkpoint import load_checkpoint  # noqa: E402
+from dualrate.exporter.digits_data import downsample_to_8x8, fit_digit_classifier  # noqa: E402
+from dualrate.exporter.sampling import sample, spec_noise  # noqa: E402
+from dualrate.exporter.spec_builder import SamplerOptions, make_spec  # noqa: E402
+from dualrate.exporter.torch_runner import TorchReferenceRunner  # noqa: E402
 
 
 def evaluate(checkpoint: Path, per_class: int, opts: SamplerOptions, seed: int = 0) -> dict:

@@ -166,7 +166,7 @@ def _binding(spec: Spec) -> tuple[_Binding, tuple[float, float]]:
 def _spec(binding: tuple[_Binding, tuple[float, float]], name: str, opts: SamplerOptions) -> Spec:
     info, clamp = binding
     spec = make_spec(info, mock_feature_shapes(info.sample_shape), opts,   # type: ignore[arg-type]
-                     provenance={"conformance_variant": name, "networks": "exporter.conformance.MockRunner"})
+                     provenance={"conformance_variant": name, "networks": "dualrate.exporter.conformance.MockRunner"})
     # keep the source model's clamp and null id (make_spec set them from the schedule range / binding)
     model = dataclasses.replace(spec.model, logsnr_clamp=clamp, null_class=info.null_class)
     spec = dataclasses.replace(spec, model=model)

@@ -53,7 +53,7 @@ def versions() -> dict[str, str]:
     import onnx
     import safetensors
 
-    from dualrate import __version__ as tool_version
+    from .version import __version__ as tool_version
     return {"dualrate": tool_version, "torch": torch.__version__, "onnx": onnx.__version__,
             "numpy": np.__version__, "safetensors": safetensors.__version__, "python": platform.python_version()}
 

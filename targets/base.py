@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporter.atomic import atomic_directory
-from exporter.bundle import Bundle, sha256_file
-from exporter.errors import BackendUnavailableError, BadInputError, BundleError
+from dualrate.exporter.atomic import atomic_directory
+from dualrate.exporter.bundle import Bundle, sha256_file
+from dualrate.exporter.errors import BackendUnavailableError, BadInputError, BundleError
 
 COMPILE_RECORD = "compile.json"
-BACKENDS = {"onnxruntime": "targets.onnxrt", "openvino": "targets.openvino_backend",
-            "coreml": "targets.coreml_backend", "tensorrt": "targets.trt_backend"}
+BACKENDS = {"onnxruntime": "dualrate.targets.onnxrt", "openvino": "dualrate.targets.openvino_backend",
+            "coreml": "dualrate.targets.coreml_backend", "tensorrt": "dualrate.targets.trt_backend"}
 
 
 @dataclass

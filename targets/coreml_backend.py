@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporter.bundle import Bundle, load_source_checkpoint
-from exporter.errors import BackendUnavailableError, BadInputError
-from exporter.export import graph_rows
-from exporter.golden import graph_calls
-from exporter.onnx_export import DenoiserGraph, EncoderGraph
-from exporter.spec import GraphIO, Spec
+from dualrate.exporter.bundle import Bundle, load_source_checkpoint
+from dualrate.exporter.errors import BackendUnavailableError, BadInputError
+from dualrate.exporter.export import graph_rows
+from dualrate.exporter.golden import graph_calls
+from dualrate.exporter.onnx_export import DenoiserGraph, EncoderGraph
+from dualrate.exporter.spec import GraphIO, Spec
 
 from .base import Compiled, Target
 

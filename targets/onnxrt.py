@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from exporter.bundle import Bundle
-from exporter.errors import BadInputError
+from dualrate.exporter.bundle import Bundle
+from dualrate.exporter.errors import BadInputError
 
 from .base import Compiled, Target
 

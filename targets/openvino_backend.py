@@ -40,8 +40,8 @@ from xml.etree import ElementTree
 
 import numpy as np
 
-from exporter.bundle import GRAPHS, Bundle
-from exporter.errors import BackendUnavailableError, BadInputError
+from dualrate.exporter.bundle import GRAPHS, Bundle
+from dualrate.exporter.errors import BackendUnavailableError, BadInputError
 
 from .base import Compiled, Target
 

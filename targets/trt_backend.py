@@ -25,10 +25,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from exporter.bundle import Bundle
-from exporter.errors import BadInputError
-from exporter.export import graph_rows
-from exporter.spec import GraphIO, Spec
+from dualrate.exporter.bundle import Bundle
+from dualrate.exporter.errors import BadInputError
+from dualrate.exporter.export import graph_rows
+from dualrate.exporter.spec import GraphIO, Spec
 
 from .base import Compiled, Target
 
@@ -116,7 +116,7 @@ def convert_onnx_fp16(src: Path, dst: Path, fp32_ops: frozenset[str] = FP32_OPS,
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from exporter.onnx_export import EXTERNAL_DATA_THRESHOLD
+    from dualrate.exporter.onnx_export import EXTERNAL_DATA_THRESHOLD
 
     FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
     model = onnx.load(str(src))                              # reads external data beside src

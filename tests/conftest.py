@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.checkpoint import make_config, save_checkpoint
-from exporter.model_config import preset
-from exporter.model_pair import build_pair
-from exporter.spec_builder import SamplerOptions, make_spec
-from exporter.torch_runner import TorchReferenceRunner
+from dualrate.exporter.checkpoint import make_config, save_checkpoint
+from dualrate.exporter.model_config import preset
+from dualrate.exporter.model_pair import build_pair
+from dualrate.exporter.spec_builder import SamplerOptions, make_spec
+from dualrate.exporter.torch_runner import TorchReferenceRunner
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO / "examples" / "checkpoints" / "dr-uvit-digits"
@@ -69,8 +69,8 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_checkpoint):
     """A guided, dual-rate tiny bundle shared by tests that only read it (compile caches go inside)."""
-    from exporter.export import ExportOptions
-    from validation.export_check import export_bundle
+    from dualrate.exporter.export import ExportOptions
+    from dualrate.validation.export_check import export_bundle
 
     out = tmp_path_factory.mktemp("shared") / "bundle"
     opts = ExportOptions(sampler=SamplerOptions(num_steps=8, guidance=2.0, refresh_params={"k": 3, "phase": 0}))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from exporter.model_pair import DualRatePair, PairInfo
+from dualrate.exporter.model_pair import DualRatePair, PairInfo
 
 
 class ConvEncoder(nn.Module):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.checkpoint import make_config, save_checkpoint
+from dualrate.exporter.checkpoint import make_config, save_checkpoint
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -169,7 +169,7 @@ def test_wrong_batch_for_a_static_bundle_at_run_time(tmp_path, tiny_checkpoint):
 
 
 def test_runner_yielding_nan_names_the_step_and_graph(tmp_path):
-    from exporter.spec_builder import SamplerOptions, make_spec
+    from dualrate.exporter.spec_builder import SamplerOptions, make_spec
     from tests.custom_pair import make_nan_pair
 
     pair = make_nan_pair(threshold=0.0)

@@ -12,9 +12,9 @@ import math
 
 import pytest
 
-from exporter.errors import BackendUnavailableError, BadInputError
-from exporter.sampling import call_plan
-from validation.bench import BenchOptions, bench, console_table, count_graph_flops, speedup_bound
+from dualrate.exporter.errors import BackendUnavailableError, BadInputError
+from dualrate.exporter.sampling import call_plan
+from dualrate.validation.bench import BenchOptions, bench, console_table, count_graph_flops, speedup_bound
 
 KEYS = ("speedup_realized", "speedup_bound", "loop_overhead", "vs_torch_eager", "encoder_gflops", "matmul_gflops")
 
@@ -126,7 +126,7 @@ def test_unknown_target_and_precision_are_bad_input(tiny_bundle):
 
 
 def test_unavailable_target_exits_3(tiny_bundle):
-    from targets.base import get_target
+    from dualrate.targets.base import get_target
 
     if get_target("tensorrt").available() is None:
         pytest.skip("TensorRT is usable here")
@@ -136,8 +136,8 @@ def test_unavailable_target_exits_3(tiny_bundle):
 
 
 def test_wrong_checkpoint_is_refused(tiny_bundle, tmp_path):
-    from exporter.checkpoint import make_config, save_checkpoint
-    from exporter.model_config import preset
+    from dualrate.exporter.checkpoint import make_config, save_checkpoint
+    from dualrate.exporter.model_config import preset
 
     from tests.conftest import tiny_pair
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.checkpoint import load_checkpoint, make_config, save_checkpoint
-from exporter.errors import CheckpointError
+from dualrate.exporter.checkpoint import load_checkpoint, make_config, save_checkpoint
+from dualrate.exporter.errors import CheckpointError
 from tests.conftest import run_cli
 
 

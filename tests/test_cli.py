@@ -13,7 +13,7 @@ from tests.conftest import REPO, run_cli
 
 def test_help_runs_without_optional_backends_imported():
     code = ("import sys; from dualrate.cli import build_parser; build_parser().format_help(); "
-            "import exporter.spec, exporter.sampling, exporter.checkpoint, validation.png; "
+            "import dualrate.exporter.spec, dualrate.exporter.sampling, dualrate.exporter.checkpoint, dualrate.validation.png; "
             "bad = [m for m in ('openvino', 'coremltools', 'tensorrt', 'diffusers', 'sklearn') if m in sys.modules]; "
             "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from exporter.bundle import open_bundle
-from targets.base import get_target
+from dualrate.exporter.bundle import open_bundle
+from dualrate.targets.base import get_target
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

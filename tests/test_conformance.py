@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.conformance import (ATOL, DEFAULT_SEED, RTOL, MockRunner, conformance_variants, mock_feature_shapes,
+from dualrate.exporter.conformance import (ATOL, DEFAULT_SEED, RTOL, MockRunner, conformance_variants, mock_feature_shapes,
                                   write_conformance)
-from exporter.errors import OutputExistsError
-from exporter.model_config import preset
-from exporter.model_pair import info_from_config
-from exporter.rng import PhiloxNoise
-from exporter.sampling import sample
-from exporter.spec import Spec
-from exporter.spec_builder import SamplerOptions, make_spec
+from dualrate.exporter.errors import OutputExistsError
+from dualrate.exporter.model_config import preset
+from dualrate.exporter.model_pair import info_from_config
+from dualrate.exporter.rng import PhiloxNoise
+from dualrate.exporter.sampling import sample
+from dualrate.exporter.spec import Spec
+from dualrate.exporter.spec_builder import SamplerOptions, make_spec
 from tests.conftest import REPO, run_cli
 
 VARIANTS = ("ancestral_k4", "ddim_eta0", "guided_interval", "guided_clip")

@@ -15,20 +15,20 @@ import pytest
 import torch
 from torch import nn
 
-from exporter.checkpoint import make_config, save_checkpoint
-from exporter.errors import BackendUnavailableError, BadInputError
-from exporter.export import ExportOptions
-from exporter.model_config import preset
-from exporter.onnx_export import EncoderGraph
-from exporter.spec import GraphIO, TensorIO
-from exporter.spec_builder import SamplerOptions
-from targets.base import Compiled, get_target
+from dualrate.exporter.checkpoint import make_config, save_checkpoint
+from dualrate.exporter.errors import BackendUnavailableError, BadInputError
+from dualrate.exporter.export import ExportOptions
+from dualrate.exporter.model_config import preset
+from dualrate.exporter.onnx_export import EncoderGraph
+from dualrate.exporter.spec import GraphIO, TensorIO
+from dualrate.exporter.spec_builder import SamplerOptions
+from dualrate.targets.base import Compiled, get_target
 from tests.conftest import run_cli, tiny_pair, tiny_spec
-from validation.export_check import export_bundle
+from dualrate.validation.export_check import export_bundle
 
 pytest.importorskip("coremltools", reason="coremltools is not installed: pip install 'dualrate[coreml]'")
 
-from targets.coreml_backend import (TARGET, PortableGroupNorm, check_fp16_preflight, convert_graph,  # noqa: E402
+from dualrate.targets.coreml_backend import (TARGET, PortableGroupNorm, check_fp16_preflight, convert_graph,  # noqa: E402
                                     coreml_rows, fp16_preflight, inspect_package, portable_module)
 
 pytestmark = pytest.mark.slow
@@ -125,8 +125,8 @@ def test_numeric_checks_are_not_run_off_macos(bundle, compiled):
 @pytest.mark.skipif(not ON_MAC or TARGET.numeric_unavailable() is not None,
                     reason=f"Core ML prediction unavailable: {TARGET.numeric_unavailable()}")
 def test_coreml_matches_pytorch_on_recorded_inputs(bundle, compiled):
-    from validation.gates import gate_for
-    from validation.graph_parity import graph_level
+    from dualrate.validation.gates import gate_for
+    from dualrate.validation.graph_parity import graph_level
 
     names = [o.name for o in bundle.spec.model.encoder.outputs]
     vectors = {g: bundle.golden(g) for g in ("encoder_io", "denoiser_io")}

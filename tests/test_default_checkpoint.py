@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 
-from exporter.checkpoint import load_checkpoint
-from exporter.spec_builder import SamplerOptions
+from dualrate.exporter.checkpoint import load_checkpoint
+from dualrate.exporter.spec_builder import SamplerOptions
 from tests.conftest import DEFAULT_CHECKPOINT, REPO
 
 pytest.importorskip("sklearn")

@@ -19,10 +19,10 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 from diffusers import DDIMScheduler, DDPMScheduler  # noqa: E402
 
-from exporter.diffusers_import import DEFAULTS, import_scheduler_config, load_scheduler_config  # noqa: E402
-from exporter.errors import SpecError  # noqa: E402
-from exporter.sampler_tables import build_tables, to_x0  # noqa: E402
-from exporter.schedules import alpha_sigma, beta_table, discrete_logsnr  # noqa: E402
+from dualrate.exporter.diffusers_import import DEFAULTS, import_scheduler_config, load_scheduler_config  # noqa: E402
+from dualrate.exporter.errors import SpecError  # noqa: E402
+from dualrate.exporter.sampler_tables import build_tables, to_x0  # noqa: E402
+from dualrate.exporter.schedules import alpha_sigma, beta_table, discrete_logsnr  # noqa: E402
 
 F64 = torch.float64
 SHAPE = (2, 3, 4, 4)

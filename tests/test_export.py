@@ -15,17 +15,17 @@ import onnx
 import pytest
 import torch
 
-from exporter.bundle import open_bundle
-from exporter.checkpoint import load_checkpoint, make_config, save_checkpoint
-from exporter.errors import BadInputError, BundleError, ParityError
-from exporter.export import ExportOptions
-from exporter.sampling import sample, spec_noise
-from exporter.spec_builder import SamplerOptions
-from exporter.torch_runner import TorchReferenceRunner
-from targets.base import get_target
+from dualrate.exporter.bundle import open_bundle
+from dualrate.exporter.checkpoint import load_checkpoint, make_config, save_checkpoint
+from dualrate.exporter.errors import BadInputError, BundleError, ParityError
+from dualrate.exporter.export import ExportOptions
+from dualrate.exporter.sampling import sample, spec_noise
+from dualrate.exporter.spec_builder import SamplerOptions
+from dualrate.exporter.torch_runner import TorchReferenceRunner
+from dualrate.targets.base import get_target
 from tests.conftest import REPO, run_cli
-from validation.export_check import export_bundle
-from validation.metrics import compare
+from dualrate.validation.export_check import export_bundle
+from dualrate.validation.metrics import compare
 
 pytestmark = pytest.mark.slow
 OPTS = ExportOptions(sampler=SamplerOptions(num_steps=8, guidance=2.0, refresh_params={"k": 3, "phase": 0}))
@@ -160,8 +160,8 @@ def test_existing_output_is_refused_and_force_replaces_only_after_success(bundle
 
 
 def test_parity_failure_writes_nothing(tiny_checkpoint, tmp_path, monkeypatch):
-    import validation.export_check as ec
-    from validation.gates import Gate
+    import dualrate.validation.export_check as ec
+    from dualrate.validation.gates import Gate
     monkeypatch.setattr(ec, "gate_for", lambda p: Gate(rel_l2=0.0, cosine=1.1, psnr_db=1e9))
     with pytest.raises(ParityError, match=r"export parity failed: encoder output feat0 .*nothing was written"):
         export_bundle(tiny_checkpoint, tmp_path / "b", ExportOptions(sampler=SamplerOptions(num_steps=2)))
@@ -172,8 +172,8 @@ def test_pruned_input_is_caught(tmp_path):
     """The TorchScript exporter drops inputs the model ignores; the signature check must see it."""
     import warnings
 
-    from exporter.onnx_export import DenoiserGraph, check_graph
-    from exporter.spec_builder import graph_io
+    from dualrate.exporter.onnx_export import DenoiserGraph, check_graph
+    from dualrate.exporter.spec_builder import graph_io
     from tests.custom_pair import make_pair
 
     class IgnoresContext(torch.nn.Module):

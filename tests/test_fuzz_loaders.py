@@ -61,13 +61,13 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from exporter.bundle import FORMAT, FORMAT_VERSION, MANIFEST, SPEC, TARGETS_DIR, open_bundle
-from exporter.diffusers_import import (DEFAULTS, PREDICTIONS, SCHEDULER_CLASSES, SPACINGS, DiffusersSchedule,
+from dualrate.exporter.bundle import FORMAT, FORMAT_VERSION, MANIFEST, SPEC, TARGETS_DIR, open_bundle
+from dualrate.exporter.diffusers_import import (DEFAULTS, PREDICTIONS, SCHEDULER_CLASSES, SPACINGS, DiffusersSchedule,
                                        import_scheduler_config)
-from exporter.diffusers_spec import spec_from_diffusers
-from exporter.errors import DualrateError
-from exporter.schedules import BETA_SCHEDULES
-from exporter.spec import Spec
+from dualrate.exporter.diffusers_spec import spec_from_diffusers
+from dualrate.exporter.errors import DualrateError
+from dualrate.exporter.schedules import BETA_SCHEDULES
+from dualrate.exporter.spec import Spec
 from tests.conftest import tiny_pair, tiny_spec
 
 # --------------------------------------------------------------------------------------

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.model_config import PRESETS, preset
-from exporter.model_pair import build_pair
-from exporter.sampling import ArrayNoise, sample
-from exporter.spec_builder import SamplerOptions, make_spec
-from exporter.torch_runner import TorchReferenceRunner
+from dualrate.exporter.model_config import PRESETS, preset
+from dualrate.exporter.model_pair import build_pair
+from dualrate.exporter.sampling import ArrayNoise, sample
+from dualrate.exporter.spec_builder import SamplerOptions, make_spec
+from dualrate.exporter.torch_runner import TorchReferenceRunner
 from tests.conftest import feature_shapes
 
 

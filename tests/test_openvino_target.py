@@ -15,18 +15,18 @@ import numpy as np
 import onnx
 import pytest
 
-from exporter.bundle import GRAPHS, open_bundle, write_manifest
-from exporter.errors import BackendUnavailableError, BadInputError
-from exporter.export import ExportOptions
-from exporter.sampling import sample, spec_noise
-from exporter.spec_builder import SamplerOptions
-from exporter.torch_runner import TorchReferenceRunner
-from targets.base import Compiled, get_target
+from dualrate.exporter.bundle import GRAPHS, open_bundle, write_manifest
+from dualrate.exporter.errors import BackendUnavailableError, BadInputError
+from dualrate.exporter.export import ExportOptions
+from dualrate.exporter.sampling import sample, spec_noise
+from dualrate.exporter.spec_builder import SamplerOptions
+from dualrate.exporter.torch_runner import TorchReferenceRunner
+from dualrate.targets.base import Compiled, get_target
 from tests.conftest import REPO
-from validation.export_check import export_bundle
-from validation.gates import gate_for
-from validation.graph_parity import graph_level
-from validation.metrics import compare
+from dualrate.validation.export_check import export_bundle
+from dualrate.validation.gates import gate_for
+from dualrate.validation.graph_parity import graph_level
+from dualrate.validation.metrics import compare
 
 ov = pytest.importorskip("openvino")
 pytestmark = pytest.mark.slow
@@ -307,7 +307,7 @@ def test_static_batch_bundle(bundle, target, vectors, tmp_path, pair):
 
 def test_missing_openvino_gives_the_install_hint():
     code = ("import sys; sys.modules['openvino'] = None\n"          # as if the extra were not installed
-            "from targets.base import get_target\n"
+            "from dualrate.targets.base import get_target\n"
             "print(get_target('openvino').available())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr

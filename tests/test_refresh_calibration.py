@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from exporter.errors import BadInputError, SpecError
-from exporter.refresh import resolve_refresh
-from exporter.sampling import group_labels, sample, spec_noise
-from exporter.spec import Spec
-from exporter.spec_builder import SamplerOptions, make_spec
+from dualrate.exporter.errors import BadInputError, SpecError
+from dualrate.exporter.refresh import resolve_refresh
+from dualrate.exporter.sampling import group_labels, sample, spec_noise
+from dualrate.exporter.spec import Spec
+from dualrate.exporter.spec_builder import SamplerOptions, make_spec
 
 from tests.conftest import feature_shapes, run_cli
 

@@ -13,9 +13,9 @@ import zlib
 import numpy as np
 import pytest
 
-from validation.gates import DEFAULT_GATES
-from validation.metrics import compare
-from validation.reports import (colormap, console_summary, drift_svg, junit_xml, write_html, write_json,
+from dualrate.validation.gates import DEFAULT_GATES
+from dualrate.validation.metrics import compare
+from dualrate.validation.reports import (colormap, console_summary, drift_svg, junit_xml, write_html, write_json,
                                 write_junit)
 
 GATE = DEFAULT_GATES["fp32"]

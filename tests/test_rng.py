@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from exporter.errors import SpecError
-from exporter.rng import PHILOX_NAME, PhiloxNoise, normal_draw, philox4x32_10
+from dualrate.exporter.errors import SpecError
+from dualrate.exporter.rng import PHILOX_NAME, PhiloxNoise, normal_draw, philox4x32_10
 
 # Random123 known-answer vectors, the three "philox4x32 10" rows of tests/kat_vectors in
 # DEShawResearch/random123 (checked against commit 9545ff6413f258be2f04c1d319d99aaef7521150,
@@ -114,7 +114,7 @@ def test_element_e_uses_block_e_div_4_lane_e_mod_4_with_draw_and_sample_lanes():
 
 def test_box_muller_at_the_extreme_words():
     # Words 0 and 2^32-1 are where a missing +0.5 shows: log(0) = -inf, or r = 0 at u = 1.
-    from exporter.rng import _box_muller
+    from dualrate.exporter.rng import _box_muller
 
     words = [0, 0xFFFFFFFF, 0xFFFFFFFF, 0]
     got = _box_muller(*(np.array([w], np.uint64) for w in words))[0]

@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exporter.errors import BadInputError
-from exporter.sampling import sample, spec_noise
-from exporter.torch_runner import TorchReferenceRunner
-from targets.base import BACKENDS, get_target
-from validation.gates import gate_for
-from validation.metrics import compare
+from dualrate.exporter.errors import BadInputError
+from dualrate.exporter.sampling import sample, spec_noise
+from dualrate.exporter.torch_runner import TorchReferenceRunner
+from dualrate.targets.base import BACKENDS, get_target
+from dualrate.validation.gates import gate_for
+from dualrate.validation.metrics import compare
 
 pytestmark = pytest.mark.slow
 PRECISION = {"onnxruntime": "fp32", "openvino": "fp32", "coreml": "fp32", "tensorrt": "fp32"}

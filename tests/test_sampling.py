@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.errors import BadInputError, NonFiniteError
-from exporter.sampling import ArrayNoise, sample, spec_noise
-from exporter.spec import Spec
+from dualrate.exporter.errors import BadInputError, NonFiniteError
+from dualrate.exporter.sampling import ArrayNoise, sample, spec_noise
+from dualrate.exporter.spec import Spec
 from tests.conftest import tiny_spec
 
 LABELS = np.array([0, 1, 2, 3], dtype=np.int64)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exporter.errors import SpecError
-from exporter.refresh import resolve_refresh
-from exporter.sampler_tables import affine_coefficients, build_tables
-from exporter.schedules import alpha_sigma, beta_table, cosine_logsnr, discrete_logsnr, resolution_shift, time_grid
+from dualrate.exporter.errors import SpecError
+from dualrate.exporter.refresh import resolve_refresh
+from dualrate.exporter.sampler_tables import affine_coefficients, build_tables
+from dualrate.exporter.schedules import alpha_sigma, beta_table, cosine_logsnr, discrete_logsnr, resolution_shift, time_grid
 
 
 def test_cosine_endpoints_hit_the_clamp_and_decrease():

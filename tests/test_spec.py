@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from exporter.errors import SpecError
-from exporter.spec import Spec
+from dualrate.exporter.errors import SpecError
+from dualrate.exporter.spec import Spec
 from tests.conftest import tiny_spec
 
 
@@ -99,7 +99,7 @@ def test_edited_logsnr_against_schedule_is_detected(spec):
     lam = data["sampler"]["tables"]["logsnr"]
     lam[2] += 1e-3
     # keep alpha/sigma/coefs consistent with the edit so only the schedule check can see it
-    from exporter.sampler_tables import build_tables
+    from dualrate.exporter.sampler_tables import build_tables
     tabs = build_tables(np.array(data["sampler"]["tables"]["t"]), np.array(lam), "ancestral", 1.0, "return_x0")
     data["sampler"]["tables"].update({k: [float(x) for x in v] for k, v in tabs.items()})
     with pytest.raises(SpecError, match=r"sampler.tables.logsnr\[2\].*process.schedule"):

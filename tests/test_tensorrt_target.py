@@ -12,21 +12,21 @@ import numpy as np
 import onnx
 import pytest
 
-from exporter.errors import BackendUnavailableError, BadInputError
-from exporter.export import ExportOptions
-from exporter.sampling import sample, spec_noise
-from exporter.spec import GraphIO
-from exporter.spec_builder import SamplerOptions
-from exporter.torch_runner import TorchReferenceRunner
-from targets.base import get_target
-from targets.onnxrt import OrtRunner
-from targets.trt_backend import (TARGET, DeviceFeatures, convert_onnx_fp16, fp16_graph_summary, profile_rows,
+from dualrate.exporter.errors import BackendUnavailableError, BadInputError
+from dualrate.exporter.export import ExportOptions
+from dualrate.exporter.sampling import sample, spec_noise
+from dualrate.exporter.spec import GraphIO
+from dualrate.exporter.spec_builder import SamplerOptions
+from dualrate.exporter.torch_runner import TorchReferenceRunner
+from dualrate.targets.base import get_target
+from dualrate.targets.onnxrt import OrtRunner
+from dualrate.targets.trt_backend import (TARGET, DeviceFeatures, convert_onnx_fp16, fp16_graph_summary, profile_rows,
                                  profile_shapes)
 from tests.conftest import REPO, run_cli, tiny_spec
-from validation.export_check import export_bundle
-from validation.gates import gate_for
-from validation.graph_parity import graph_level
-from validation.metrics import compare
+from dualrate.validation.export_check import export_bundle
+from dualrate.validation.gates import gate_for
+from dualrate.validation.graph_parity import graph_level
+from dualrate.validation.metrics import compare
 
 pytestmark = pytest.mark.slow
 OPTS = ExportOptions(sampler=SamplerOptions(num_steps=4, guidance=2.0, refresh_params={"k": 2, "phase": 0}),
@@ -42,7 +42,7 @@ def bundle(tmp_path_factory, tiny_checkpoint):
 
 
 def test_module_imports_without_tensorrt_or_cuda():
-    code = ("import sys, targets.trt_backend as t; assert t.TARGET.name == 'tensorrt'; "
+    code = ("import sys, dualrate.targets.trt_backend as t; assert t.TARGET.name == 'tensorrt'; "
             "print(sorted(m for m in ('tensorrt', 'cuda', 'cuda.bindings') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert res.returncode == 0, res.stderr

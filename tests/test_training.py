@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from exporter.checkpoint import load_checkpoint  # noqa: E402
-from exporter.training import TrainConfig, train_checkpoint  # noqa: E402
+from dualrate.exporter.checkpoint import load_checkpoint  # noqa: E402
+from dualrate.exporter.training import TrainConfig, train_checkpoint  # noqa: E402
 
 
 def test_tiny_trains_and_loss_drops(tmp_path):
@@ -26,12 +26,12 @@ def test_tiny_trains_and_loss_drops(tmp_path):
 
 
 def test_rgb_size_cannot_train_on_digits(tmp_path):
-    from exporter.errors import BadInputError
+    from dualrate.exporter.errors import BadInputError
     with pytest.raises(BadInputError, match="needs a 1-channel size"):
         train_checkpoint("small-32", tmp_path / "x", TrainConfig(steps=1))
 
 
 def test_digits_classifier_is_accurate():
-    from exporter.digits_data import fit_digit_classifier
+    from dualrate.exporter.digits_data import fit_digit_classifier
     _, acc = fit_digit_classifier()
     assert acc > 0.9

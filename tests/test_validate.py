@@ -7,12 +7,12 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from exporter.export import ExportOptions
-from exporter.spec_builder import SamplerOptions
+from dualrate.exporter.export import ExportOptions
+from dualrate.exporter.spec_builder import SamplerOptions
 from tests.conftest import run_cli
-from validation.export_check import export_bundle
-from validation.faults import FAULTS, bf16_round, self_test
-from validation.validate import LAYERS, ValidateOptions, validate
+from dualrate.validation.export_check import export_bundle
+from dualrate.validation.faults import FAULTS, bf16_round, self_test
+from dualrate.validation.validate import LAYERS, ValidateOptions, validate
 
 pytestmark = pytest.mark.slow
 

@@ -28,11 +28,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from exporter.bundle import GRAPHS, Bundle, load_source_checkpoint, open_bundle
-from exporter.errors import BackendUnavailableError, BadInputError
-from exporter.sampling import call_plan, group_labels, sample, spec_noise
-from exporter.spec import Spec
-from exporter.spec_builder import every_step
+from dualrate.exporter.bundle import GRAPHS, Bundle, load_source_checkpoint, open_bundle
+from dualrate.exporter.errors import BackendUnavailableError, BadInputError
+from dualrate.exporter.sampling import call_plan, group_labels, sample, spec_noise
+from dualrate.exporter.spec import Spec
+from dualrate.exporter.spec_builder import every_step
 
 MATMUL_N = 4096                     # large enough to run at the machine's sgemm peak (2048: ~8% below)
 Progress = Callable[[str], None]
@@ -176,7 +176,7 @@ def warm_up(runner: Any, spec: Spec, labels: np.ndarray, seed: int) -> None:
 
 def open_backend(bundle: Bundle, opts: BenchOptions) -> tuple[Any, Any, Any]:
     """(target, compiled, runner) for the bundle on ``opts.target``; unusable here -> BackendUnavailableError."""
-    from targets.base import get_target
+    from dualrate.targets.base import get_target
 
     target = get_target(opts.target)
     target.check_precision(opts.precision)
@@ -218,7 +218,7 @@ def bench(bundle_path: str | Path, opts: BenchOptions, progress: Progress = lamb
 def _measure(bundle: Bundle, opts: BenchOptions, target: Any, compiled: Any, backend_runner: Any, pair: Any,
              threads: int, progress: Progress) -> dict[str, Any]:
     """Warm up, then the interleaved repeats; see ``bench``."""
-    from exporter.torch_runner import TorchReferenceRunner
+    from dualrate.exporter.torch_runner import TorchReferenceRunner
 
     spec = bundle.spec
     labels = np.arange(opts.batch, dtype=np.int64) % spec.model.num_classes
@@ -269,7 +269,7 @@ def summarize(bundle: Bundle, spec: Spec, opts: BenchOptions, target: Any, compi
               threads: int) -> dict[str, Any]:
     import torch
 
-    from dualrate import __version__
+    from dualrate.exporter.version import __version__
 
     n = spec.sampler.num_steps
     m = encoder_calls(spec)

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from exporter.atomic import atomic_directory
-from exporter.bundle import Bundle, open_bundle
-from exporter.checkpoint import load_checkpoint
-from exporter.errors import ParityError
-from exporter.export import ExportOptions, build_bundle
+from dualrate.exporter.atomic import atomic_directory
+from dualrate.exporter.bundle import Bundle, open_bundle
+from dualrate.exporter.checkpoint import load_checkpoint
+from dualrate.exporter.errors import ParityError
+from dualrate.exporter.export import ExportOptions, build_bundle
 
 from .gates import gate_for
 from .graph_parity import CheckResult, graph_level
@@ -30,7 +30,7 @@ class ExportResult:
 
 def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions, force: bool = False,
                   allow_factory: bool = False, progress: Callable[[str], None] = lambda _: None) -> ExportResult:
-    from targets.base import get_target
+    from dualrate.targets.base import get_target
 
     ckpt = load_checkpoint(checkpoint, allow_factory=allow_factory)
     with atomic_directory(Path(out), force=force) as tmp:
@@ -55,5 +55,5 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions, 
 
 def _uncompiled(bundle: Bundle):
     """Run the exported graphs directly (no compile cache inside a staging directory)."""
-    from targets.base import Compiled
+    from dualrate.targets.base import Compiled
     return Compiled(bundle.path, {"effective_precision": "fp32"})

@@ -27,8 +27,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from exporter.bundle import MANIFEST, open_bundle, write_manifest
-from exporter.spec_builder import with_refresh_steps
+from dualrate.exporter.bundle import MANIFEST, open_bundle, write_manifest
+from dualrate.exporter.spec_builder import with_refresh_steps
 
 from .validate import ValidateOptions, validate
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
-from exporter.errors import BadInputError
+from dualrate.exporter.errors import BadInputError
 
 from .metrics import Metrics
 

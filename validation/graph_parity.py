@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.golden import graph_calls
+from dualrate.exporter.golden import graph_calls
 
 from .gates import Gate
 from .metrics import Metrics, compare

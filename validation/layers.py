@@ -20,10 +20,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from exporter.golden import teacher_key
-from exporter.sampling import COND, UNCOND, ArrayNoise, call_plan, group_labels, sample
-from exporter.spec import Spec
-from exporter.spec_builder import every_step
+from dualrate.exporter.golden import teacher_key
+from dualrate.exporter.sampling import COND, UNCOND, ArrayNoise, call_plan, group_labels, sample
+from dualrate.exporter.spec import Spec
+from dualrate.exporter.spec_builder import every_step
 
 from .gates import Gate
 from .graph_parity import CheckResult, run_graph

@@ -46,6 +46,6 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 
 def write_png(path: str | Path, pixels: np.ndarray) -> None:
-    from exporter.atomic import atomic_write_bytes
+    from dualrate.exporter.atomic import atomic_write_bytes
 
     atomic_write_bytes(Path(path), encode_png(pixels))

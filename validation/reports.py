@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from exporter.atomic import atomic_write_bytes
+from dualrate.exporter.atomic import atomic_write_bytes
 
 from .png import grid, to_uint8, write_png
 

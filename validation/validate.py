@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from exporter.bundle import Bundle, load_source_checkpoint, open_bundle, recorded_checkpoint, sha256_file
-from exporter.errors import BackendUnavailableError, BadInputError
-from exporter.spec import Spec
+from dualrate.exporter.bundle import Bundle, load_source_checkpoint, open_bundle, recorded_checkpoint, sha256_file
+from dualrate.exporter.errors import BackendUnavailableError, BadInputError
+from dualrate.exporter.spec import Spec
 
 from .gates import Gate, call_gates, gate_for
 from .graph_parity import CheckResult, graph_level
@@ -49,7 +49,7 @@ class ValidateOptions:
 
 def validate(bundle_path: str | Path, opts: ValidateOptions) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Run every layer; returns the results document and the arrays the HTML report shows."""
-    from targets.base import get_target
+    from dualrate.targets.base import get_target
 
     bundle = open_bundle(bundle_path)
     target = get_target(opts.target)
@@ -111,8 +111,8 @@ def reference_vectors(bundle: Bundle, opts: ValidateOptions) -> tuple[dict[str, 
         if opts.reference not in ("golden", "auto"):
             raise BadInputError(f"--reference {opts.reference!r}: expected torch, golden or auto")
         return {name: bundle.golden(name) for name in bundle.golden_names()}, "golden"
-    from exporter.golden import capture
-    from exporter.torch_runner import TorchReferenceRunner
+    from dualrate.exporter.golden import capture
+    from dualrate.exporter.torch_runner import TorchReferenceRunner
 
     ckpt = load_source_checkpoint(bundle, opts.checkpoint, "--reference torch recomputes the reference on the "
                                   "PyTorch modules", alternative=", or use --reference golden")
@@ -127,7 +127,7 @@ def _final_gate(gate: Gate, opts: ValidateOptions) -> Gate:
 
 
 def _header(bundle: Bundle, opts: ValidateOptions) -> dict[str, Any]:
-    from dualrate import __version__
+    from dualrate.exporter.version import __version__
 
     return {"tool": "dualrate validate", "format_version": 1, "dualrate_version": __version__,
             "bundle": {"path": str(bundle.path), "spec_sha256": bundle.file_hash("spec.json"),

@@ -30,14 +30,14 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from validation.bench import BenchOptions, bench, console_table
+    from dualrate.validation.bench import BenchOptions, bench, console_table
 
     opts = BenchOptions(target=args.target, precision=args.precision, batch=args.batch, repeats=args.repeats,
                         threads=args.threads, seed=args.seed, checkpoint=args.checkpoint,
                         single_rate=not args.no_single_rate, torch_eager=not args.no_torch)
     doc = bench(args.bundle, opts, progress=lambda m: print(f"  {m}", file=sys.stderr))
     if args.json:
-        from validation.reports import write_json
+        from dualrate.validation.reports import write_json
         write_json(doc, args.json)
     print(console_table(doc))
     return 0

@@ -21,7 +21,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
     import torch
 
-    from targets.base import BACKENDS, get_target
+    from dualrate.targets.base import BACKENDS, get_target
 
     print(f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
           f"{torch.get_num_threads()} threads")
@@ -58,12 +58,12 @@ def _doctor(args: argparse.Namespace) -> int:
 def _tiny_bundle(root: Path):
     import torch
 
-    from exporter.checkpoint import make_config, save_checkpoint
-    from exporter.export import ExportOptions
-    from exporter.model_config import preset
-    from exporter.model_pair import build_pair
-    from exporter.spec_builder import SamplerOptions
-    from validation.export_check import export_bundle
+    from dualrate.exporter.checkpoint import make_config, save_checkpoint
+    from dualrate.exporter.export import ExportOptions
+    from dualrate.exporter.model_config import preset
+    from dualrate.exporter.model_pair import build_pair
+    from dualrate.exporter.spec_builder import SamplerOptions
+    from dualrate.validation.export_check import export_bundle
 
     torch.manual_seed(0)
     model = {"family": "dr-uvit", **preset("tiny").to_dict()}
@@ -78,10 +78,10 @@ def _tiny_bundle(root: Path):
 
 def _smoke(target, bundle) -> str:
     """Compile, run the encoder once on recorded inputs, compare to the recorded PyTorch outputs."""
-    from exporter.errors import DualrateError
-    from exporter.golden import graph_calls
-    from validation.graph_parity import run_graph
-    from validation.metrics import compare
+    from dualrate.exporter.errors import DualrateError
+    from dualrate.exporter.golden import graph_calls
+    from dualrate.validation.graph_parity import run_graph
+    from dualrate.validation.metrics import compare
 
     try:
         compiled = target.compile(bundle, "fp32")

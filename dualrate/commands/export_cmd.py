@@ -51,9 +51,9 @@ def _say(msg: str) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from exporter.atomic import check_output
-    from exporter.export import ExportOptions
-    from validation.export_check import export_bundle
+    from dualrate.exporter.atomic import check_output
+    from dualrate.exporter.export import ExportOptions
+    from dualrate.validation.export_check import export_bundle
 
     check_output(args.output, args.force)
     opts = ExportOptions(sampler=sampler_options(args), static_batch=args.static_batch, opset=args.opset,
@@ -79,7 +79,7 @@ BACKEND_OPTIONS = {"coreml": ("checkpoint", "allow_factory", "allow_fp16_overflo
 
 def compile_options(args: argparse.Namespace) -> dict:
     """The backend options the user gave, refusing ones the chosen target does not take."""
-    from exporter.errors import BadInputError
+    from dualrate.exporter.errors import BadInputError
 
     given = {k for opts in BACKEND_OPTIONS.values() for k in opts if getattr(args, k, None) not in (None, False)}
     allowed = set(BACKEND_OPTIONS.get(args.target, ()))
@@ -91,8 +91,8 @@ def compile_options(args: argparse.Namespace) -> dict:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from exporter.bundle import open_bundle
-    from targets.base import get_target
+    from dualrate.exporter.bundle import open_bundle
+    from dualrate.targets.base import get_target
 
     bundle = open_bundle(args.bundle)
     target = get_target(args.target)

@@ -23,11 +23,11 @@ def add_golden_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _golden(args: argparse.Namespace) -> int:
-    from exporter.atomic import check_output
-    from exporter.bundle import open_bundle
-    from exporter.conformance import DEFAULT_SEED, write_conformance
-    from exporter.errors import BadInputError
-    from exporter.spec import Spec
+    from dualrate.exporter.atomic import check_output
+    from dualrate.exporter.bundle import open_bundle
+    from dualrate.exporter.conformance import DEFAULT_SEED, write_conformance
+    from dualrate.exporter.errors import BadInputError
+    from dualrate.exporter.spec import Spec
 
     check_output(args.output, args.force)     # refuse before any work
     seed = DEFAULT_SEED if args.seed is None else args.seed

@@ -34,10 +34,10 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
 def _init(args: argparse.Namespace) -> int:
     import torch
 
-    from exporter.atomic import check_output
-    from exporter.checkpoint import make_config, save_checkpoint
-    from exporter.model_config import preset
-    from exporter.model_pair import build_pair
+    from dualrate.exporter.atomic import check_output
+    from dualrate.exporter.checkpoint import make_config, save_checkpoint
+    from dualrate.exporter.model_config import preset
+    from dualrate.exporter.model_pair import build_pair
 
     check_output(args.output, args.force)
     torch.manual_seed(args.seed)
@@ -53,8 +53,8 @@ def _init(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from exporter.atomic import check_output
-    from exporter.training import TrainConfig, train_checkpoint
+    from dualrate.exporter.atomic import check_output
+    from dualrate.exporter.training import TrainConfig, train_checkpoint
 
     check_output(args.output, args.force)
     if args.threads:

@@ -31,8 +31,8 @@ def given_sampler_flags(args: argparse.Namespace) -> list[str]:
 
 def sampler_options(args: argparse.Namespace):
     """Turn parsed flags into ``SamplerOptions``; bad values are BadInputError."""
-    from exporter.errors import BadInputError
-    from exporter.spec_builder import SamplerOptions
+    from dualrate.exporter.errors import BadInputError
+    from dualrate.exporter.spec_builder import SamplerOptions
 
     if args.refresh_steps:
         try:

@@ -29,7 +29,7 @@ def add_sample_command(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_classes(text: str | None, num_classes: int) -> list[int]:
-    from exporter.errors import BadInputError
+    from dualrate.exporter.errors import BadInputError
 
     if text is None:
         return list(range(min(num_classes, 10)))
@@ -43,14 +43,14 @@ def open_source(args: argparse.Namespace):
     """(runner, spec, description) for a bundle on a backend or a checkpoint on the reference."""
     import numpy as np
 
-    from exporter.bundle import MANIFEST, open_bundle
-    from exporter.checkpoint import load_checkpoint
-    from exporter.errors import BadInputError
-    from exporter.spec_builder import make_spec
-    from exporter.torch_runner import TorchReferenceRunner
+    from dualrate.exporter.bundle import MANIFEST, open_bundle
+    from dualrate.exporter.checkpoint import load_checkpoint
+    from dualrate.exporter.errors import BadInputError
+    from dualrate.exporter.spec_builder import make_spec
+    from dualrate.exporter.torch_runner import TorchReferenceRunner
 
     if (args.source / MANIFEST).is_file():
-        from targets.base import get_target
+        from dualrate.targets.base import get_target
 
         flags = given_sampler_flags(args)
         if flags:
@@ -76,10 +76,10 @@ def open_source(args: argparse.Namespace):
 def _sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from exporter.atomic import check_output
-    from exporter.errors import BadInputError
-    from exporter.sampling import sample, spec_noise
-    from validation.png import grid, to_uint8, write_png
+    from dualrate.exporter.atomic import check_output
+    from dualrate.exporter.errors import BadInputError
+    from dualrate.exporter.sampling import sample, spec_noise
+    from dualrate.validation.png import grid, to_uint8, write_png
 
     check_output(args.output, args.force)
     if args.n < 1:

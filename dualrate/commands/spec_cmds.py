@@ -31,8 +31,8 @@ def add_spec_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _from_diffusers(args: argparse.Namespace) -> int:
-    from exporter.atomic import check_output
-    from exporter.diffusers_spec import spec_from_diffusers
+    from dualrate.exporter.atomic import check_output
+    from dualrate.exporter.diffusers_spec import spec_from_diffusers
 
     check_output(args.output, args.force)
     spec, notes = spec_from_diffusers(args.config, args.steps, eta=args.eta, image_size=args.image_size,
@@ -47,7 +47,7 @@ def _from_diffusers(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from exporter.spec import Spec
+    from dualrate.exporter.spec import Spec
 
     spec, warns = Spec.load(args.spec, strict=args.strict)
     for w in warns:

@@ -32,11 +32,11 @@ def add_validate_command(sub: argparse._SubParsersAction) -> None:
 
 
 def gate_overrides(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    from exporter.errors import BadInputError
+    from dualrate.exporter.errors import BadInputError
 
     out: dict[str, dict[str, float]] = {}
     if args.gates:
-        from exporter.jsonio import read_json
+        from dualrate.exporter.jsonio import read_json
 
         data = read_json(args.gates, f"--gates {args.gates}", BadInputError)
         if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
@@ -59,7 +59,7 @@ def gate_overrides(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from validation.validate import ValidateOptions, validate
+    from dualrate.validation.validate import ValidateOptions, validate
 
     opts = ValidateOptions(target=args.target, precision=args.precision, reference=args.reference,
                            checkpoint=args.checkpoint, gate_precision=args.gate_precision,
@@ -67,7 +67,7 @@ def _validate(args: argparse.Namespace) -> int:
     if args.self_test:
         return _self_test(args, opts)
     doc, arrays = validate(args.bundle, opts)
-    from validation.reports import console_summary, write_html, write_json, write_junit
+    from dualrate.validation.reports import console_summary, write_html, write_json, write_junit
 
     if args.json:
         write_json(doc, args.json)
@@ -82,12 +82,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _data_range(bundle: Path) -> tuple[float, float]:
-    from exporter.bundle import open_bundle
+    from dualrate.exporter.bundle import open_bundle
     return tuple(open_bundle(bundle).spec.model.data_range)
 
 
 def _self_test(args: argparse.Namespace, opts) -> int:
-    from validation.faults import self_test
+    from dualrate.validation.faults import self_test
 
     res = self_test(args.bundle, opts, progress=lambda m: print(f"  {m}", file=sys.stderr))
     print(f"clean run: {res['clean_verdict']}")
@@ -97,7 +97,7 @@ def _self_test(args: argparse.Namespace, opts) -> int:
         where = f" at {ff.get('layer')} {ff.get('graph')}/{ff.get('output')}: {'; '.join(ff.get('reasons', []))}" if ff else ""
         print(f"  {row['fault']:24s} {state}{where}{' (' + row['note'] + ')' if row['note'] else ''}")
     if args.json:
-        from validation.reports import write_json
+        from dualrate.validation.reports import write_json
         write_json(res, args.json)
     verdict = "PASSED" if res["passed"] else "FAILED"
     print(f"{verdict}: self-test caught {res['caught']} of {res['applicable']} planted faults"
