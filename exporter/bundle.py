@@ -1,11 +1,13 @@
-"""The bundle: two graphs + spec + golden vectors + a manifest that hashes every file.
+"""The bundle: the graphs + spec + golden vectors + a manifest that hashes every file.
 
 Layout::
 
-    manifest.json     format, versions, source checkpoint sha256, export options, sha256 of every file
+    manifest.json     format, versions, source (checkpoint or Python model) sha256, export options, sha256 of every file
     spec.json         the portable sampler spec
     encoder.onnx      (+ encoder.onnx.data for external weights)
     denoiser.onnx     (+ denoiser.onnx.data)
+    decoder.onnx      only for a model with a decoder (a VAE decoder, say)
+    conditioning/<name>.null.npy   stored null conditioning (an empty-prompt embedding, say)
     golden/*.npz      reference vectors (read with allow_pickle=False)
     targets/<backend>-<precision>/   compiled artifacts, each with its own compile.json
 
@@ -29,7 +31,7 @@ from .jsonio import read_json
 from .spec import Spec
 
 FORMAT = "dualrate-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 SPEC = "spec.json"
 TARGETS_DIR = "targets"
@@ -83,6 +85,26 @@ class Bundle:
         except (OSError, ValueError) as exc:
             raise BundleError(f"bundle {self.path}: golden/{name}.npz cannot be read ({exc})") from None
 
+    def graph_names(self) -> list[str]:
+        """The bundle's graphs: encoder, denoiser, and decoder where the model has one."""
+        return list(self.spec.model.graphs())
+
+    def nulls(self) -> dict[str, np.ndarray]:
+        """The stored null conditioning tensors (guidance's unconditional branch), by input name."""
+        out = {}
+        for c in self.spec.model.conditioning:
+            if c.null_kind != "file":
+                continue
+            try:
+                arr = np.load(self.path / c.null_file, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise BundleError(f"bundle {self.path}: {c.null_file} cannot be read ({exc})") from None
+            if tuple(arr.shape) != tuple(c.shape):
+                raise BundleError(f"bundle {self.path}: {c.null_file} has shape {list(arr.shape)}; the spec declares "
+                                  f"{list(c.shape)} for conditioning {c.name!r}. Re-export the bundle")
+            out[c.name] = arr
+        return out
+
     def golden_names(self) -> list[str]:
         return sorted(p.stem for p in (self.path / "golden").glob("*.npz"))
 
@@ -129,13 +151,17 @@ def open_bundle(path: str | Path) -> Bundle:
         if got != want:
             raise BundleError(f"bundle {root}: {rel} has sha256 {got[:12]}…, the manifest says {want[:12]}…; "
                               "the file was changed after export. Re-export the bundle")
-    for g in GRAPHS:
-        if f"{g}.onnx" not in listed:
-            raise BundleError(f"bundle {root}: the manifest lists no {g}.onnx")
     try:
         spec, _ = Spec.load(root / SPEC)
     except SpecError as exc:
         raise BundleError(f"bundle {root}: {exc}") from None
+    for g in spec.model.graphs():
+        if f"{g}.onnx" not in listed:
+            raise BundleError(f"bundle {root}: the manifest lists no {g}.onnx, which the spec's model needs")
+    for c in spec.model.conditioning:
+        if c.null_kind == "file" and c.null_file not in listed:
+            raise BundleError(f"bundle {root}: the manifest lists no {c.null_file} (the null value of conditioning "
+                              f"{c.name!r}); re-export the bundle")
     return Bundle(root, manifest, spec)
 
 

@@ -43,6 +43,10 @@ class LoadedCheckpoint:
     sha256: str                     # hash over the files that define the checkpoint
     path: Path
 
+    def source(self) -> dict[str, Any]:
+        """Where a bundle exported from this checkpoint came from (the manifest's ``source``)."""
+        return {"kind": "checkpoint", "name": self.path.name, "sha256": self.sha256, "path": str(self.path.resolve())}
+
 
 def sha256_files(paths: list[Path]) -> str:
     """sha256 over the concatenated bytes of ``paths`` (in the given order)."""
@@ -185,7 +189,8 @@ def _load_state(pair: DualRatePair, state: Mapping[str, torch.Tensor], where: st
     if bad:
         raise CheckpointError(f"checkpoint {where} has non-finite (NaN/Inf) values in {_short(sorted(bad))}; "
                               "the training run diverged or the file is damaged")
-    for prefix, module in (("encoder.", pair.encoder), ("denoiser.", pair.denoiser)):
+    for graph, module in pair.modules().items():
+        prefix = f"{graph}."
         sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         module.load_state_dict({k: v.to(dtype=module.state_dict()[k].dtype) for k, v in sub.items()}, strict=True)
 

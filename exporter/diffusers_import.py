@@ -5,10 +5,12 @@ This module owns the translation of diffusers' discrete-time sampler conventions
 ``final_alpha_cumprod``, prediction/clip flags) into what the portable spec needs:
 the sampler type and eta, the grid ``t`` and its log-SNR, the final-step rule and
 the process parameters. The step math itself lives in ``sampler_tables`` and the
-beta/log-SNR tables in ``schedules``; nothing here re-derives them.
+beta/alphabar tables in ``schedules``; nothing here re-derives them. alphabar is
+diffusers' own float32 ``alphas_cumprod`` (the values the model was trained on),
+rebuilt bit for bit with numpy, and log-SNR is taken from it in float64.
 
-It does not need diffusers installed: the reproduced rules were read from
-diffusers 0.42 (``scheduling_ddpm.py``, ``scheduling_ddim.py``) and
+It does not need diffusers or torch installed: the reproduced rules were read from
+diffusers 0.42 (``scheduling_ddpm.py``, ``scheduling_ddim.py``) and torch 2.13's CPU kernels, and
 ``tests/test_diffusers_conformance.py`` checks them against the installed copy.
 Anything the affine step cannot reproduce raises ``SpecError`` naming the field.
 """
@@ -24,7 +26,7 @@ import numpy as np
 
 from .errors import SpecError
 from .jsonio import parse_json
-from .schedules import BETA_SCHEDULES, beta_table, discrete_logsnr
+from .schedules import BETA_SCHEDULES, alphabar_logsnr, alphas_cumprod, beta_table
 
 SCHEDULER_CLASSES = ("DDPMScheduler", "DDIMScheduler")
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
@@ -195,6 +197,7 @@ def import_scheduler_config(config: Mapping[str, Any] | str | Path, num_steps: i
                                "timestep_spacing": spacing, "steps_offset": steps_offset}
     if c["trained_betas"] is not None:
         betas = _trained_betas(c["trained_betas"], T, cls)
+        beta_field = f"{cls}.trained_betas"
         process["beta_schedule"] = "trained_betas"
         process["trained_betas"] = [float(b) for b in betas]
         notes.append("trained_betas given: beta_schedule, beta_start and beta_end are ignored (as in diffusers)")
@@ -203,15 +206,28 @@ def import_scheduler_config(config: Mapping[str, Any] | str | Path, num_steps: i
             raise SpecError(f"{cls}.beta_schedule is {c['beta_schedule']!r}; importable: "
                             f"{', '.join(BETA_SCHEDULES)}; for another schedule give the betas explicitly "
                             "as trained_betas")
+        beta_field = f"{cls}.beta_start/beta_end"
+        if c["beta_schedule"] != "squaredcos_cap_v2":     # a torch.linspace from beta_start to beta_end
+            ends = (process["beta_start"], process["beta_end"])
+            if not all(0.0 < b < 1.0 for b in ends):
+                # they are the first and last betas (scaled_linear: their squares)
+                raise SpecError(f"{beta_field} are {ends[0]!r}, {ends[1]!r}; with beta_schedule "
+                                f"{c['beta_schedule']!r} both must lie in (0, 1)")
+            process["linspace_rounding"] = "fma"     # schedules.beta_table(fused=True)
         betas = beta_table(c["beta_schedule"], T, process["beta_start"], process["beta_end"])
-        if not np.all((betas > 0.0) & (betas < 1.0)):
-            raise SpecError(f"{cls}.beta_start/beta_end give betas outside (0, 1) "
-                            f"(min {betas.min()!r}, max {betas.max()!r}); every beta must lie in (0, 1)")
-    # diffusers builds betas and alphas_cumprod in float32; these are the float64
-    # values of the same formulas, which the spec stores (alphabar gap ~1e-7..1e-5 relative).
-    notes.append("alphabar is the float64 evaluation of diffusers' formulas; diffusers itself uses float32 "
-                 "(alphabar differs by ~1e-7 to ~1e-5 relative, largest for squaredcos_cap_v2)")
-    lam_train = discrete_logsnr(betas)
+    # diffusers keeps betas and alphas_cumprod in float32 and the model was trained
+    # on exactly those values: reproduce the table, then take log-SNR in float64.
+    process["alphas_cumprod_dtype"] = "float32"
+    alphabar = alphas_cumprod(betas)
+    lam_train = alphabar_logsnr(alphabar)
+    if not np.all(np.isfinite(lam_train)):
+        k = int(np.argmax(~np.isfinite(lam_train)))
+        raise SpecError(f"{beta_field} give alphas_cumprod[{k}] = {float(alphabar[k])!r} in float32 (diffusers' "
+                        "dtype), i.e. log-SNR +-inf; every 1 - beta must round to a float32 in (0, 1) (betas "
+                        "below ~3e-8 vanish) and the product must not underflow")
+    notes.append("alphabar is diffusers' float32 alphas_cumprod table, reproduced bit for bit (torch CPU: "
+                 "fused multiply-add linspace, cumprod with a float64 accumulator); log-SNR is computed from "
+                 "those values in float64")
     if cls == "DDIMScheduler":
         process["set_alpha_to_one"] = _flag(c, "set_alpha_to_one")
 
@@ -292,6 +308,12 @@ def import_scheduler_config(config: Mapping[str, Any] | str | Path, num_steps: i
         lam_end = lam_train[land[-1]]
     t = np.asarray(list(ts) + [land[-1]], dtype=np.float64) / T
     logsnr = np.append(lam_eval, lam_end).astype(np.float64)
+    if np.any(np.diff(logsnr) <= 0):
+        # float32 alphabar can repeat where betas are tiny; the spec needs a strict grid
+        i = int(np.argmax(np.diff(logsnr) <= 0))
+        raise SpecError(f"{beta_field} give the same float32 alphas_cumprod at timesteps {ts[i]} and {land[i]} "
+                        f"of the grid ({float(alphabar[ts[i]])!r}); the spec's log-SNR must increase strictly "
+                        "along the grid: choose fewer steps or larger betas")
 
     clip_x0 = None
     if _flag(c, "clip_sample"):

@@ -1,4 +1,4 @@
-"""Checkpoint -> bundle contents: spec, two traced graphs (checked), golden vectors, manifest.
+"""Model -> bundle contents: spec, the traced graphs (checked), null conditioning, golden vectors, manifest.
 
 ``build_bundle`` fills a directory the caller owns (a temporary one beside the
 target, see ``atomic.atomic_directory``); backend parity is checked by the caller
@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from .bundle import SPEC, write_manifest
-from .checkpoint import LoadedCheckpoint
 from .errors import BadInputError
 from .golden import capture, write_golden
-from .onnx_export import DEFAULT_OPSET, DenoiserGraph, EncoderGraph, check_graph, export_graph
+from .model_pair import DualRateModel, describe
+from .onnx_export import DEFAULT_OPSET, check_graph, export_graph
 from .spec import Spec
-from .spec_builder import SamplerOptions, graph_io, make_spec
+from .spec_builder import SamplerOptions, assemble_spec, cosine_grid
 from .torch_runner import TorchReferenceRunner
 
 Progress = Callable[[str], None]
@@ -58,47 +58,70 @@ def versions() -> dict[str, str]:
             "numpy": np.__version__, "safetensors": safetensors.__version__, "python": platform.python_version()}
 
 
-def build_bundle(ckpt: LoadedCheckpoint, root: Path, opts: ExportOptions, progress: Progress = lambda _: None) -> Spec:
-    """Write spec, graphs, golden vectors and manifest into ``root``; returns the spec."""
-    pair = ckpt.pair.eval()
-    runner = TorchReferenceRunner(pair)
-    info = pair.info
-    probe = runner.encode(np.zeros((1, *info.sample_shape), np.float32), np.zeros(1, np.float32),
-                          np.zeros(1, np.int64))
-    feature_shapes = [tuple(f.shape[1:]) for f in probe]
-    if opts.sampler.refresh == "calibrated":
-        progress("calibrating the refresh steps on the PyTorch model")
-    spec = make_spec(info, feature_shapes, opts.sampler,
-                     {"checkpoint_sha256": ckpt.sha256, "checkpoint": ckpt.path.name}, runner=runner)
-    batch = opts.static_batch or opts.golden_batch
+def spec_for_model(model: DualRateModel, opts: SamplerOptions, provenance: dict, static_rows: int | None = None
+                   ) -> Spec:
+    """The spec of ``model`` sampled with ``opts``: its grid (the diffusers scheduler it was trained
+    with, or the cosine schedule), its graph signatures (found by running it once), the tables."""
+    if model.scheduler_config is not None:
+        from .diffusers_spec import diffusers_grid
+
+        grid, opts, imp = diffusers_grid(model.scheduler_config, opts, model.time)
+        if imp.prediction != model.prediction:
+            raise BadInputError(f"the model declares prediction={model.prediction!r}, but its scheduler config "
+                                f"trains prediction_type {imp.prediction!r}; make them agree")
+    else:
+        grid = cosine_grid(opts, model.time, model.logsnr_clamp)
+    model_spec = describe(model, float(grid.model_time[0]))
+    nulls = model.nulls()
+    return assemble_spec(model_spec, opts, grid, provenance, runner_for=lambda s: TorchReferenceRunner(model, s),
+                         nulls=nulls)
+
+
+def build_bundle(model: DualRateModel, root: Path, opts: ExportOptions, source: dict,
+                 progress: Progress = lambda _: None, examples: dict[str, np.ndarray] | None = None) -> Spec:
+    """Write spec, graphs, null conditioning, golden vectors and manifest into ``root``; returns the spec.
+
+    ``source`` says where the model came from (the checkpoint's name/sha256/path, or the Python API
+    with the weights' sha256); ``examples`` are conditioning rows for the golden trajectories.
+    """
+    model.eval()
     if opts.static_batch is not None and opts.static_batch < 1:
         raise BadInputError(f"--static-batch {opts.static_batch}: expected a positive batch size")
+    if opts.sampler.refresh == "calibrated":
+        progress("calibrating the refresh steps on the PyTorch model")
+    spec = spec_for_model(model, opts.sampler, {"source_sha256": source.get("sha256"), "source": source.get("name")})
+    batch = opts.static_batch or opts.golden_batch
     rows = graph_rows(spec, batch)
     if opts.static_batch is not None:
-        spec = _static_spec(spec, rows)
+        spec = _static_spec(spec, rows, batch)
     spec.save(root / SPEC)
+    nulls = model.nulls()
+    for c in spec.model.conditioning:
+        if c.null_kind == "file":
+            (root / c.null_file).parent.mkdir(parents=True, exist_ok=True)
+            np.save(root / c.null_file, np.ascontiguousarray(nulls[c.name]), allow_pickle=False)
+    runner = TorchReferenceRunner(model, spec)
 
     progress("capturing reference trajectories")
-    vectors = capture(runner, spec, opts.golden_seeds, batch)
-    enc_call = vectors["encoder_io"]
-    example_enc = [torch.from_numpy(enc_call[f"call0.{n}"]) for n in ("z", "logsnr", "class_id")]
-    example_den = [torch.from_numpy(vectors["denoiser_io"][f"call0.{i.name}"]) for i in spec.model.denoiser.inputs]
+    vectors = capture(runner, spec, opts.golden_seeds, batch, nulls, examples=examples)
+    bound = dict(runner.bound)
     external = {}
-    for name, module, example, io_spec in (
-            ("encoder", EncoderGraph(pair.encoder), example_enc, spec.model.encoder),
-            ("denoiser", DenoiserGraph(pair.denoiser), example_den, spec.model.denoiser)):
+    for name, gio in spec.model.graphs().items():
+        call0 = vectors[f"{name}_io"]
+        example = [torch.from_numpy(np.ascontiguousarray(call0[f"call0.{inp}"])) for inp, _ in bound[name].inputs]
         progress(f"exporting {name} to ONNX (opset {opts.opset})")
         path = root / f"{name}.onnx"
-        external[name] = export_graph(module, example, io_spec, path, dynamic_batch=opts.static_batch is None,
+        external[name] = export_graph(bound[name], example, gio, path, dynamic_batch=opts.static_batch is None,
                                       opset=opts.opset, external_data=opts.external_data)
         progress(f"checking {name}: onnx.checker, shape inference, signature")
-        check_graph(path, io_spec, dynamic_batch=opts.static_batch is None, batch=rows)
+        check_graph(path, gio, dynamic_batch=opts.static_batch is None, batch=rows if name != "decoder" else batch)
     write_golden(root / "golden", vectors)
     write_manifest(root, {
         "versions": versions(),
         # the path lets targets that convert from the modules (Core ML) find the checkpoint again;
         # its sha256 is verified before use
-        "source_checkpoint": {"name": ckpt.path.name, "sha256": ckpt.sha256, "path": str(ckpt.path.resolve())},
+        "source_checkpoint": source if source.get("kind") == "checkpoint" else None,
+        "source": source,
         "export_options": opts.to_dict(),
         "external_data": external,
         "graph_rows": {"golden": graph_rows(spec, opts.golden_batch), "static": rows if opts.static_batch else None},
@@ -106,17 +129,20 @@ def build_bundle(ckpt: LoadedCheckpoint, root: Path, opts: ExportOptions, progre
     return spec
 
 
-def _static_spec(spec: Spec, rows: int) -> Spec:
-    """Replace the ``batch`` symbol with a fixed row count in the I/O binding."""
+def _static_spec(spec: Spec, rows: int, batch: int) -> Spec:
+    """Replace the ``batch`` symbol with a fixed row count in the I/O binding (the decoder runs on
+    the ``batch`` final samples, the other graphs on ``rows``, 2x under batched guidance)."""
     import dataclasses
 
-    def fix(gio):
+    def fix(gio, n):
         def t(x):
-            return dataclasses.replace(x, shape=tuple(rows if d == "batch" else d for d in x.shape))
+            return dataclasses.replace(x, shape=tuple(n if d == "batch" else d for d in x.shape))
         return dataclasses.replace(gio, inputs=tuple(map(t, gio.inputs)), outputs=tuple(map(t, gio.outputs)))
 
-    model = dataclasses.replace(spec.model, encoder=fix(spec.model.encoder), denoiser=fix(spec.model.denoiser))
+    m = spec.model
+    decoder = m.decoder and dataclasses.replace(m.decoder, graph=fix(m.decoder.graph, batch))
+    model = dataclasses.replace(m, encoder=fix(m.encoder, rows), denoiser=fix(m.denoiser, rows), decoder=decoder)
     return dataclasses.replace(spec, model=model)
 
 
-__all__ = ["ExportOptions", "build_bundle", "graph_io", "graph_rows"]
+__all__ = ["ExportOptions", "build_bundle", "graph_rows", "spec_for_model"]

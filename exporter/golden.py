@@ -21,53 +21,81 @@ from .torch_runner import TorchReferenceRunner
 
 
 class RecordingRunner:
-    """Pass-through runner that records every encoder and denoiser call as numpy."""
+    """Pass-through runner that records every graph call's inputs and outputs as numpy, by name."""
 
     def __init__(self, inner: TorchReferenceRunner):
         self.inner = inner
-        self.encoder_calls: list[dict[str, np.ndarray]] = []
-        self.denoiser_calls: list[dict[str, np.ndarray]] = []
+        self.calls: dict[str, list[dict[str, np.ndarray]]] = {"encoder": [], "denoiser": [], "decoder": []}
 
-    def encode(self, z, logsnr, class_id):
-        feats = self.inner.encode(z, logsnr, class_id)
-        self.encoder_calls.append({"z": z.copy(), "logsnr": logsnr.copy(), "class_id": class_id.copy(),
-                                   **{f"out.feat{k}": f for k, f in enumerate(self.inner.features_to_numpy(feats))}})
+    def _host(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {k: v.copy() if isinstance(v, np.ndarray) else self.inner.to_numpy(v) for k, v in feeds.items()}
+
+    def encode(self, feeds):
+        feats = self.inner.encode(feeds)
+        self.calls["encoder"].append({**self._host(feeds), **{f"out.{k}": v for k, v in
+                                                              self.inner.features_to_numpy(feats).items()}})
         return feats
 
-    def denoise(self, z, logsnr, logsnr_ctx, class_id, features):
-        out = self.inner.denoise(z, logsnr, logsnr_ctx, class_id, features)
-        feats = self.inner.features_to_numpy(features)
-        self.denoiser_calls.append({"z": z.copy(), "logsnr": logsnr.copy(), "logsnr_ctx": logsnr_ctx.copy(),
-                                    "class_id": class_id.copy(), **{f"feat{k}": f for k, f in enumerate(feats)},
-                                    "out.prediction": out.copy()})
+    def denoise(self, feeds):
+        out = self.inner.denoise(feeds)
+        self.calls["denoiser"].append({**self._host(feeds), "out.prediction": out.copy()})
         return out
 
-    def features_to_numpy(self, features: Any) -> list[np.ndarray]:
+    def decode(self, feeds):
+        out = self.inner.decode(feeds)
+        self.calls["decoder"].append({**self._host(feeds), "out.decoded": out.copy()})
+        return out
+
+    def features_to_numpy(self, features: Any) -> dict[str, np.ndarray]:
         return self.inner.features_to_numpy(features)
 
 
-def golden_labels(seed: int, batch: int, num_classes: int) -> np.ndarray:
-    """Classes of the golden trajectory for ``seed``: consecutive ids, different per seed."""
-    return (np.arange(batch) + seed * batch) % num_classes
+def example_conditioning(spec: Spec, seed: int, batch: int, nulls: dict[str, np.ndarray] | None = None,
+                         given: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Conditioning of the golden trajectory for ``seed``: the caller's examples (``given``, rows
+    cycled to ``batch``) where there are any; else consecutive class ids (different per seed),
+    standard-normal floats (seeded), ones for other integer inputs (masks)."""
+    from .conditioning import np_dtype
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for c in spec.model.conditioning:
+        if given and c.name in given:
+            rows = np.asarray(given[c.name])
+            out[c.name] = rows[(np.arange(batch) + seed * batch) % len(rows)].astype(np_dtype(c.dtype))
+        elif c.num_classes is not None:
+            out[c.name] = ((np.arange(batch) + seed * batch) % c.num_classes).astype(np_dtype(c.dtype))
+        elif np_dtype(c.dtype) in (np.float32, np.float16, np.float64):
+            out[c.name] = rng.standard_normal((batch, *c.shape)).astype(np_dtype(c.dtype))
+        else:
+            out[c.name] = np.ones((batch, *c.shape), np_dtype(c.dtype))
+    return out
 
 
 def capture(runner: TorchReferenceRunner, spec: Spec, seeds: tuple[int, ...], batch: int,
-            max_graph_calls: int = 8) -> dict[str, dict[str, np.ndarray]]:
+            nulls: dict[str, np.ndarray] | None = None, conditioning: dict[int, dict[str, np.ndarray]] | None = None,
+            examples: dict[str, np.ndarray] | None = None, max_graph_calls: int = 8
+            ) -> dict[str, dict[str, np.ndarray]]:
     """Reference vectors: a trajectory per seed (the first with every graph call's output for
     teacher forcing), the single-rate (refresh every step) trajectory of the first seed, and
-    graph I/O sampled from the first seed's calls."""
+    graph I/O sampled from the first seed's calls. ``conditioning`` (by seed) replays recorded
+    conditioning; otherwise ``example_conditioning`` makes it."""
     out: dict[str, dict[str, np.ndarray]] = {}
+    conds = {seed: (conditioning or {}).get(seed) or example_conditioning(spec, seed, batch, nulls, examples)
+             for seed in seeds}
     for k, seed in enumerate(seeds):
         rec = RecordingRunner(runner)
-        traj = _trajectory(rec, spec, seed, batch)
+        traj = _trajectory(rec, spec, seed, batch, conds[seed], nulls)
         if k == 0:
             traj.update(_teacher(spec, rec))
-            for graph, calls in (("encoder", rec.encoder_calls), ("denoiser", rec.denoiser_calls)):
+            for graph, calls in rec.calls.items():
+                if not calls:
+                    continue
                 picks = np.unique(np.linspace(0, len(calls) - 1, min(max_graph_calls, len(calls))).round().astype(int))
                 out[f"{graph}_io"] = {f"call{i}.{key}": val for i, c in enumerate(calls[j] for j in picks)
                                       for key, val in c.items()}
         out[f"trajectory_seed{seed}"] = traj
-    out[f"every_step_seed{seeds[0]}"] = _trajectory(runner, every_step(spec), seeds[0], batch)
+    out[f"every_step_seed{seeds[0]}"] = _trajectory(runner, every_step(spec), seeds[0], batch, conds[seeds[0]], nulls)
     out["calibration"] = calibration(runner, out)
     return out
 
@@ -79,22 +107,20 @@ def calibration(runner: TorchReferenceRunner, vectors: dict[str, dict[str, np.nd
     """The reference's own spread at reduced precision: PyTorch autocast vs float32 on the recorded
     graph inputs, per output, worst call: ``[rel_l2, 1 - cosine]`` under ``<precision>/<graph>/<output>``.
 
-    VALIDATION.md asks for low-precision gates calibrated against this spread: a step
-    where the reference itself moves 7% in bf16 cannot be held to a 3% per-call gate.
+    Low-precision gates are calibrated against this spread: a step where the reference itself
+    moves 7% in bf16 cannot be held to a 3% per-call gate.
     """
     out: dict[str, np.ndarray] = {}
     for pname, dtype in LOW_PRECISIONS.items():
-        for graph in ("encoder", "denoiser"):
+        for graph, bound in runner.bound.items():
+            if f"{graph}_io" not in vectors:
+                continue
+            names = [o.name for o in runner.graphs[graph].outputs]
             worst: dict[str, list[float]] = {}
             for inputs, outputs in graph_calls(vectors[f"{graph}_io"]):
-                t = {k: torch.from_numpy(v) for k, v in inputs.items()}
+                flat = [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name, _ in bound.inputs]
                 with torch.inference_mode(), torch.autocast("cpu", dtype=dtype):
-                    if graph == "encoder":
-                        got = dict(zip(sorted(outputs, key=lambda n: int(n[4:])),
-                                       runner.encoder(t["z"], t["logsnr"], t["class_id"])))
-                    else:
-                        feats = [t[f"feat{k}"] for k in range(sum(1 for n in t if n.startswith("feat")))]
-                        got = {"prediction": runner.denoiser(t["z"], t["logsnr"], t["logsnr_ctx"], t["class_id"], *feats)}
+                    got = dict(zip(names, bound(*flat)))
                 for name, ref in outputs.items():
                     a = got[name].float().numpy().astype(np.float64).ravel()
                     r = ref.astype(np.float64).ravel()
@@ -107,16 +133,24 @@ def calibration(runner: TorchReferenceRunner, vectors: dict[str, dict[str, np.nd
     return out
 
 
-def _trajectory(runner: Any, spec: Spec, seed: int, batch: int) -> dict[str, np.ndarray]:
-    labels = golden_labels(seed, batch, spec.model.num_classes)
+def _trajectory(runner: Any, spec: Spec, seed: int, batch: int, cond: dict[str, np.ndarray],
+                nulls: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
     noise = spec_noise(spec, batch, seed)
-    res = sample(runner, spec, labels, noise, record=True)
+    res = sample(runner, spec, cond, noise, nulls=nulls, record=True)
     shape = tuple(spec.model.sample_shape)
-    return {"seed": np.array(seed, np.uint64), "class_id": labels,
-            "noise": np.stack([noise.draw(i, shape) for i in range(spec.sampler.num_steps + 1)]),  # [N+1, B, C, H, W]
-            "z": np.stack(res.trajectory), "x0": np.stack(res.x0_estimates), "final": res.x,
-            "refresh_cond": np.array(res.refresh_log["cond"], np.int64),
-            "refresh_uncond": np.array(res.refresh_log["uncond"], np.int64)}
+    out = {"seed": np.array(seed, np.uint64), **{f"cond.{k}": v for k, v in cond.items()},
+           "noise": np.stack([noise.draw(i, shape) for i in range(spec.sampler.num_steps + 1)]),  # [N+1, B, C, H, W]
+           "z": np.stack(res.trajectory), "x0": np.stack(res.x0_estimates), "final": res.x,
+           "refresh_cond": np.array(res.refresh_log["cond"], np.int64),
+           "refresh_uncond": np.array(res.refresh_log["uncond"], np.int64)}
+    if res.decoded is not None:
+        out["decoded"] = res.decoded
+    return out
+
+
+def trajectory_conditioning(traj: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The conditioning a recorded trajectory was sampled with (``cond.<name>`` entries)."""
+    return {k[len("cond."):]: v for k, v in traj.items() if k.startswith("cond.")}
 
 
 def teacher_key(kind: str, step: int, branches: tuple[str, ...], output: str) -> str:
@@ -126,7 +160,7 @@ def teacher_key(kind: str, step: int, branches: tuple[str, ...], output: str) ->
 
 def _teacher(spec: Spec, rec: RecordingRunner) -> dict[str, np.ndarray]:
     """Every encoder/denoiser output of the run, keyed by step and branch group (walks the call plan)."""
-    enc, den = iter(rec.encoder_calls), iter(rec.denoiser_calls)
+    enc, den = iter(rec.calls["encoder"]), iter(rec.calls["denoiser"])
     out = {}
     for i, calls in enumerate(call_plan(spec)):
         for call in calls:

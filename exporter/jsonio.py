@@ -1,4 +1,4 @@
-"""Reading JSON documents a user hands us, with one typed error for every way it can fail.
+"""Reading the files a user hands us (JSON documents, npz arrays), with one typed error for every way it can fail.
 
 ``json.loads`` raises ``JSONDecodeError`` for syntax, but plain ``ValueError`` for an
 integer over Python's digit limit and ``RecursionError`` for deep nesting; files can be
@@ -33,3 +33,20 @@ def read_json(path: Path, where: str, error: type[DualrateError],
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"{where} cannot be read ({exc})") from None
     return parse_json(text, where, error)
+
+
+def read_npz(path: Path, where: str) -> dict[str, Any]:
+    """Arrays of a user's ``.npz`` by name, read without pickles; BadInputError naming the file."""
+    import numpy as np
+
+    from .errors import BadInputError
+
+    try:
+        with np.load(Path(path), allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise BadInputError(f"{where} {path}: expected an .npz archive of named arrays, found one array")
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise BadInputError(f"{where} {path} not found") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise BadInputError(f"{where} {path} cannot be read as .npz without pickles ({exc})") from None

@@ -1,4 +1,4 @@
-"""Tracing a pair to two ONNX graphs, and the fail-closed structural checks on them.
+"""Tracing a model's graphs (``BoundGraph``s) to ONNX, and the fail-closed structural checks on them.
 
 Export goes through ``torch.onnx.export(dynamo=True)`` (the torch.export-based
 exporter). The batch axis is dynamic by default (symbol ``batch``) or static.
@@ -31,30 +31,8 @@ from .spec import GraphIO
 
 # protobuf refuses messages over 2 GiB; leave headroom for the graph itself
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
-ONNX_DTYPES = {1: "float32", 7: "int64", 10: "float16", 16: "bfloat16", 11: "float64", 6: "int32"}
+ONNX_DTYPES = {1: "float32", 7: "int64", 10: "float16", 16: "bfloat16", 11: "float64", 6: "int32", 9: "bool"}
 DEFAULT_OPSET = 18
-
-
-class EncoderGraph(nn.Module):
-    """The encoder with a tuple output, as exported."""
-
-    def __init__(self, encoder: nn.Module):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, z, logsnr, class_id):
-        return tuple(self.encoder(z, logsnr, class_id))
-
-
-class DenoiserGraph(nn.Module):
-    """The denoiser with features as separate inputs, as exported."""
-
-    def __init__(self, denoiser: nn.Module):
-        super().__init__()
-        self.denoiser = denoiser
-
-    def forward(self, z, logsnr, logsnr_ctx, class_id, *features):
-        return self.denoiser(z, logsnr, logsnr_ctx, class_id, *features)
 
 
 def param_bytes(module: nn.Module) -> int:
@@ -74,9 +52,8 @@ def export_graph(module: nn.Module, example: Sequence[torch.Tensor], io_spec: Gr
     out_names = [o.name for o in io_spec.outputs]
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=65536)
-        fixed = [{0: batch} for _ in range(min(len(example), 4))]
-        extra = tuple({0: batch} for _ in example[4:])
-        dynamic_shapes: Any = tuple(fixed) + ((extra,) if extra else ())
+        # a BoundGraph takes ``forward(*flat)``: one spec per flat input, grouped as that one varargs
+        dynamic_shapes: Any = (tuple({0: batch} for _ in example),)
     else:
         dynamic_shapes = None
     use_external = param_bytes(module) > EXTERNAL_DATA_THRESHOLD if external_data is None else external_data

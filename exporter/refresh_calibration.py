@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadInputError
-from .spec import Spec
+from .spec import FEATURE_PREFIX, ROLE_TIME, ROLE_TIME_CTX, Spec
 
 CALIBRATION_DEFAULTS = {"batch": 4, "seed": 0}
 
@@ -31,56 +31,68 @@ CALIBRATION_DEFAULTS = {"batch": 4, "seed": 0}
 @dataclass
 class _Cache:
     features: Any
-    logsnr: np.ndarray          # the logsnr the features were computed at (the denoiser's logsnr_ctx)
+    time: np.ndarray            # the time input the features were computed at (the denoiser's time_ctx)
     step: int
 
 
 class _DriftRunner:
-    """Wraps a runner under an every-step plan and turns it into the calibrated dual-rate sampler."""
+    """Wraps a runner under an every-step plan and turns it into the calibrated dual-rate sampler.
 
-    def __init__(self, inner: Any, threshold: float, num_steps: int):
+    Under the every-step plan each group calls encode then denoise, in the same order at every
+    step, so a group is known by its slot in the step (slot 0 holds the conditional branch).
+    """
+
+    def __init__(self, inner: Any, spec: Spec, threshold: float):
         self.inner = inner
         self.threshold = threshold
         self.step = 0
+        self.slot = -1
         self.refresh_steps: list[int] = []
-        self.drift: list[float | None] = [None] * num_steps
-        self._caches: dict[bytes, _Cache] = {}
-        self._decides: bytes | None = None      # the group whose drift decides (the first one at step 0)
+        self.drift: list[float | None] = [None] * spec.sampler.num_steps
+        self._caches: dict[int, _Cache] = {}
+        den = spec.model.denoiser.inputs
+        self._time = next((i.name for i in spec.model.encoder.inputs if i.feeds == ROLE_TIME), None)
+        self._ctx = next((i.name for i in den if i.feeds == ROLE_TIME_CTX), None)
+        self._feature_inputs = {i.name: i.feeds[len(FEATURE_PREFIX):] for i in den if i.feeds.startswith(FEATURE_PREFIX)}
 
-    def encode(self, z: np.ndarray, logsnr: np.ndarray, class_id: np.ndarray) -> Any:
-        key, i = class_id.tobytes(), self.step
-        fresh = self.inner.encode(z, logsnr, class_id)
+    def encode(self, feeds: dict[str, Any]) -> Any:
+        self.slot += 1
+        key, i = self.slot, self.step
+        fresh = self.inner.encode(feeds)
         cache = self._caches.get(key)
-        if self._decides is None:
-            self._decides = key
         if cache is None or (self.refresh_steps and cache.step < self.refresh_steps[-1]):
             adopt = True                                    # the cache rule: no cache, or older than a refresh
         else:
             drift = _relative_drift(self.inner.features_to_numpy(fresh), self.inner.features_to_numpy(cache.features))
-            if key == self._decides:
+            if key == 0:
                 self.drift[i] = drift
-            adopt = key == self._decides and drift > self.threshold
+            adopt = key == 0 and drift > self.threshold
         if adopt:
-            if key == self._decides and (not self.refresh_steps or self.refresh_steps[-1] != i):
+            if key == 0 and (not self.refresh_steps or self.refresh_steps[-1] != i):
                 self.refresh_steps.append(i)
-            self._caches[key] = _Cache(fresh, np.asarray(logsnr, np.float32).copy(), i)
+            time = feeds[self._time].copy() if self._time else None
+            self._caches[key] = _Cache(fresh, time, i)
         return self._caches[key].features
 
-    def denoise(self, z: np.ndarray, logsnr: np.ndarray, logsnr_ctx: np.ndarray, class_id: np.ndarray,
-                features: Any) -> np.ndarray:
-        cache = self._caches[class_id.tobytes()]
-        return self.inner.denoise(z, logsnr, cache.logsnr, class_id, features)
+    def denoise(self, feeds: dict[str, Any]) -> np.ndarray:
+        cache = self._caches[self.slot]
+        feeds = dict(feeds)
+        for name, feature in self._feature_inputs.items():
+            feeds[name] = cache.features[feature]
+        if self._ctx is not None and cache.time is not None:
+            feeds[self._ctx] = cache.time.astype(feeds[self._ctx].dtype)
+        return self.inner.denoise(feeds)
 
-    def features_to_numpy(self, features: Any) -> list[np.ndarray]:
+    def features_to_numpy(self, features: Any) -> dict[str, np.ndarray]:
         return self.inner.features_to_numpy(features)
 
     def next_step(self, i: int) -> None:
-        self.step = i + 1
+        self.step, self.slot = i + 1, -1
 
 
-def _relative_drift(fresh: list[np.ndarray], cached: list[np.ndarray]) -> float:
-    num = sum(float(np.sum((a.astype(np.float64) - b) ** 2)) for a, b in zip(fresh, cached))
-    den = sum(float(np.sum(b.astype(np.float64) ** 2)) for b in cached)
+def _relative_drift(fresh: dict[str, np.ndarray], cached: dict[str, np.ndarray]) -> float:
+    num = sum(float(np.sum((fresh[k].astype(np.float64) - cached[k]) ** 2)) for k in cached)
+    den = sum(float(np.sum(b.astype(np.float64) ** 2)) for b in cached.values())
     return float(np.sqrt(num / den)) if den > 0 else float("inf")
 
 
@@ -104,14 +116,15 @@ def check_calibration_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def calibrate(runner: Any, spec: Spec, params: dict[str, Any]) -> Spec:
+def calibrate(runner: Any, spec: Spec, params: dict[str, Any], nulls: dict[str, np.ndarray] | None = None) -> Spec:
     """``spec`` with the refresh steps measured on ``runner`` (see the module docstring)."""
+    from .golden import example_conditioning
     from .sampling import sample, spec_noise
     from .spec_builder import every_step, with_refresh_steps
 
     p = check_calibration_params(params)
-    labels = np.arange(p["batch"], dtype=np.int64) % spec.model.num_classes
-    drifting = _DriftRunner(runner, p["threshold"], spec.sampler.num_steps)
-    sample(drifting, every_step(spec), labels, spec_noise(spec, p["batch"], p["seed"]), on_step=drifting.next_step)
+    drifting = _DriftRunner(runner, spec, p["threshold"])
+    sample(drifting, every_step(spec), example_conditioning(spec, p["seed"], p["batch"], nulls),
+           spec_noise(spec, p["batch"], p["seed"]), nulls=nulls, decode_final=False, on_step=drifting.next_step)
     recorded = {**p, "measured_drift": [None if d is None else round(d, 6) for d in drifting.drift]}
     return with_refresh_steps(spec, drifting.refresh_steps, "calibrated", recorded)

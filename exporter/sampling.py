@@ -1,43 +1,33 @@
-"""The dual-rate sampling loop, written once against the runner protocol.
+"""The dual-rate sampling loop, written once against the runner contract (``runner.py``).
 
-A runner is anything with
+The loop reads only the spec: its tables, the refresh steps, guidance, and each graph
+input's role. Per step ``i`` (``time`` = ``tables.model_time``, what the networks were
+trained on: log-SNR, continuous t or a diffusers timestep)::
 
-    encode(z, logsnr, class_id) -> features            # opaque; may stay in the runtime's memory
-    denoise(z, logsnr, logsnr_ctx, class_id, features) -> numpy prediction
+    for each active branch b (cond; uncond while guidance is active at i):
+        if b must refresh (cache rule): feats[b] = encode(sample=z, time=time[i], cond=cond_b); ctx[b] = i
+        out_b = denoise(sample=z, time=time[i], time_ctx=time[ctx[b]], cond=cond_b, features=feats[b])
+    x0 = guide(to_x0(out)); optional clip
+    z = coef_z[i] z + coef_x0[i] x0 + coef_noise[i] xi[i]
+    (after the last step, with a decoder: decoded = decode(z / scaling_factor + shift_factor))
 
-where ``z`` is float32 ``[B, C, H, W]``, ``logsnr``/``logsnr_ctx`` float32 ``[B]`` and
-``class_id`` int64 ``[B]``. The loop reads only the spec's tables:
-
-    for i in 0..N-1:
-        for each active branch b (cond; uncond while guidance is active at i):
-            if b must refresh (cache rule): feats[b] = encode(z, logsnr[i], class_b); ctx[b] = logsnr[i]
-            out_b = denoise(z, logsnr[i], ctx[b], class_b, feats[b])
-        x0 = guide(to_x0(out)); optional clip
-        z = coef_z[i] z + coef_x0[i] x0 + coef_noise[i] xi[i]
-
-When guidance is active at every step, both branches refresh at the same steps,
-so they are run as one batch of 2B (cond rows first): same numbers, half the calls.
+``cond_b`` is the caller's conditioning for the cond branch and the declared null values
+for the uncond branch. When guidance is active at every step, both branches refresh at
+the same steps, so they run as one batch of 2B (cond rows first): same numbers, half the calls.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from .conditioning import COND, UNCOND, check_conditioning, group_conditioning
 from .errors import BadInputError, NonFiniteError
+from .runner import Runner, graph_feeds, role_values
 from .sampler_tables import to_x0
 from .spec import Spec
-
-COND, UNCOND = "cond", "uncond"
-
-
-class Runner(Protocol):
-    def encode(self, z: np.ndarray, logsnr: np.ndarray, class_id: np.ndarray) -> Any: ...
-
-    def denoise(self, z: np.ndarray, logsnr: np.ndarray, logsnr_ctx: np.ndarray, class_id: np.ndarray,
-                features: Any) -> np.ndarray: ...
 
 
 class NoiseSource(Protocol):
@@ -76,6 +66,7 @@ class SampleResult:
     refresh_log: dict[str, list[int]]               # steps at which the encoder ran, per branch
     trajectory: list[np.ndarray] = field(default_factory=list)   # z after each step (when recorded)
     x0_estimates: list[np.ndarray] = field(default_factory=list)  # guided, clipped x0 per step (when recorded)
+    decoded: np.ndarray | None = None               # the decoder's output on the final sample, where there is one
 
 
 @dataclass(frozen=True)
@@ -119,47 +110,67 @@ def call_plan(spec: Spec) -> list[list[GroupCall]]:
     return plan
 
 
-def group_labels(labels: np.ndarray, null_class: int, branches: tuple[str, ...]) -> np.ndarray:
-    """Class ids of a group's rows: the labels for cond, the null id for uncond, cond rows first."""
-    return np.concatenate([labels if br == COND else np.full(len(labels), null_class, np.int64) for br in branches])
+def time_values(spec: Spec) -> np.ndarray:
+    """The networks' time input per step (float64; each graph input casts it to its own dtype)."""
+    return np.asarray(spec.sampler.tables.model_time, np.float64)
 
 
-def sample(runner: Runner, spec: Spec, class_ids: Sequence[int] | np.ndarray, noise: NoiseSource,
-           record: bool = False, on_step: Callable[[int], None] | None = None) -> SampleResult:
-    """Run the dual-rate sampler of ``spec`` on ``runner``; see the module docstring."""
+def decoder_input(spec: Spec, x: np.ndarray) -> np.ndarray:
+    """What the decoder graph is fed for final samples ``x``: ``x / scaling_factor + shift_factor`` in float32."""
+    d = spec.model.decoder
+    return (x.astype(np.float32) / np.float32(d.scaling_factor) + np.float32(d.shift_factor)).astype(np.float32)
+
+
+def decode(runner: Runner, spec: Spec, x: np.ndarray) -> np.ndarray:
+    """Run the decoder once on final samples; NonFiniteError names it if it emits NaN/Inf."""
+    gio = spec.model.decoder.graph
+    out = np.asarray(runner.decode(graph_feeds(gio, {"sample": decoder_input(spec, x)})))
+    if not np.all(np.isfinite(out)):
+        raise NonFiniteError("non-finite values (NaN/Inf) in the decoder output on the final samples")
+    return out
+
+
+def sample(runner: Runner, spec: Spec, conditioning: Mapping[str, Any] | Sequence[int] | np.ndarray | None,
+           noise: NoiseSource, *, nulls: Mapping[str, np.ndarray] | None = None, record: bool = False,
+           decode_final: bool = True, on_step: Callable[[int], None] | None = None) -> SampleResult:
+    """Run the dual-rate sampler of ``spec`` on ``runner``; see the module docstring.
+
+    ``conditioning`` maps each declared conditioning input to ``[B, *shape]`` (a class-conditional
+    model also takes a list of class ids); ``nulls`` holds the stored null tensors guidance needs
+    (``Bundle.nulls()``). With a decoder in the spec, ``result.decoded`` is the decoded final sample.
+    """
     m, s, g = spec.model, spec.sampler, spec.guidance
     tab = s.tables
-    labels = np.asarray(class_ids, dtype=np.int64).reshape(-1)
-    _check_labels(labels, m.num_classes)
-    b = len(labels)
+    cond = check_conditioning(spec, conditioning)
     shape = tuple(m.sample_shape)
     coef_z = np.asarray(tab.coef_z, np.float32)
     coef_x0 = np.asarray(tab.coef_x0, np.float32)
     coef_noise = np.asarray(tab.coef_noise, np.float32)
     alpha = np.asarray(tab.alpha, np.float32)
     sigma = np.asarray(tab.sigma, np.float32)
-    logsnr = np.asarray(tab.logsnr, np.float32)
+    times = time_values(spec)
     plan = call_plan(spec)
-    cls_of = {call.branches: group_labels(labels, m.null_class, call.branches) for step in plan for call in step}
 
     z = noise.draw(0, shape)
+    b = len(next(iter(cond.values()))) if cond else len(z)
     _check_noise(z, b, shape, 0)
+    cond_of = {call.branches: group_conditioning(spec, cond, nulls, call.branches) for step in plan for call in step}
     caches: dict[tuple[str, ...], Any] = {}
     log: dict[str, list[int]] = {COND: [], UNCOND: []}
     result = SampleResult(x=z, refresh_log=log)
     for i, calls in enumerate(plan):
         x0_by_branch: dict[str, np.ndarray] = {}
         for call in calls:
-            cls = cls_of[call.branches]
-            rows = len(cls)
-            z_in = z if rows == b else np.concatenate([z] * (rows // b))    # [rows, C, H, W]
-            lam = np.full(rows, logsnr[i], np.float32)
+            rows = b * len(call.branches)
+            z_in = tile_rows(z, len(call.branches))                                # [rows, C, H, W]
+            t_i, t_ctx = np.full(rows, times[i]), np.full(rows, times[call.ctx_step])
             if call.refresh:
-                caches[call.branches] = runner.encode(z_in, lam, cls)
+                caches[call.branches] = runner.encode(
+                    graph_feeds(m.encoder, role_values(z_in, t_i, None, cond_of[call.branches])))
                 for br in call.branches:
                     log[br].append(i)
             feats = caches[call.branches]
-            out = runner.denoise(z_in, lam, np.full(rows, logsnr[call.ctx_step], np.float32), cls, feats)
+            out = runner.denoise(graph_feeds(m.denoiser, role_values(z_in, t_i, t_ctx, cond_of[call.branches], feats)))
             if not np.all(np.isfinite(out)):
                 _raise_non_finite(runner, feats, call.ctx_step, i, call.branches)
             x0 = to_x0(m.prediction, out, z_in, alpha[i], sigma[i])         # [rows, C, H, W]
@@ -182,16 +193,14 @@ def sample(runner: Runner, spec: Spec, class_ids: Sequence[int] | np.ndarray, no
         if on_step is not None:
             on_step(i)
     result.x = z
+    if decode_final and m.decoder is not None:
+        result.decoded = decode(runner, spec, z)
     return result
 
 
-def _check_labels(labels: np.ndarray, num_classes: int) -> None:
-    if labels.size == 0:
-        raise BadInputError("no class ids given; pass at least one class to sample")
-    bad = labels[(labels < 0) | (labels >= num_classes)]
-    if bad.size:
-        raise BadInputError(f"class id {int(bad[0])} is out of range; this model has classes 0..{num_classes - 1} "
-                            f"(id {num_classes} is the null class used for guidance)")
+def tile_rows(z: np.ndarray, groups: int) -> np.ndarray:
+    """The state repeated for each branch of a batched group (``[groups * B, C, H, W]``)."""
+    return z if groups == 1 else np.concatenate([z] * groups)
 
 
 def _check_noise(x: np.ndarray, b: int, shape: tuple[int, ...], index: int) -> None:
@@ -204,8 +213,8 @@ def _raise_non_finite(runner: Runner, features: Any, ctx_step: int, step: int, g
     to_host = getattr(runner, "features_to_numpy", None)
     branch = "+".join(grp)
     if to_host is not None:
-        for k, f in enumerate(to_host(features)):
+        for name, f in to_host(features).items():
             if not np.all(np.isfinite(f)):
-                raise NonFiniteError(f"non-finite values (NaN/Inf) in encoder output {k} computed at step "
+                raise NonFiniteError(f"non-finite values (NaN/Inf) in encoder output {name!r} computed at step "
                                      f"{ctx_step} (branch {branch}), seen at step {step}")
     raise NonFiniteError(f"non-finite values (NaN/Inf) in the denoiser output at step {step} (branch {branch})")

@@ -29,16 +29,27 @@ from .sampler_tables import FINAL_STEPS, SAMPLERS, build_tables
 from .schedules import alpha_sigma, cosine_logsnr
 
 SPEC_NAME = "dualrate-sampler"
-SPEC_VERSION = "1.0.0"
+SPEC_VERSION = "2.0.0"
 RNG_KINDS = ("philox4x32-10", "external")
 TABLE_KEYS_GRID = ("t", "logsnr", "alpha", "sigma")
 TABLE_KEYS_STEP = ("coef_z", "coef_x0", "coef_noise")
 
 
+ROLE_SAMPLE = "sample"          # the current state z_i ([B, C, H, W]); the decoder's input is the scaled final sample
+ROLE_TIME = "time"              # the time input of this step, tables.model_time[i]
+ROLE_TIME_CTX = "time_ctx"      # the time input of the step whose encoder call filled the cache
+COND_PREFIX = "cond:"           # cond:<name>, a conditioning tensor declared in model.conditioning
+FEATURE_PREFIX = "feature:"     # feature:<name>, the encoder output of that name (denoiser only)
+TIME_INPUTS = ("logsnr", "t", "timestep")
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
+NULL_KINDS = ("none", "value", "file")
+
+
 @dataclass(frozen=True)
 class TensorIO:
-    """One graph input or output. ``feeds`` says which runtime value binds to an input:
-    ``z``, ``logsnr[i]``, ``logsnr[refresh]``, ``class_id``, or ``encoder.<output name>``."""
+    """One graph input or output. ``feeds`` is the input's role: what the sampler binds to it
+    (``sample``, ``time``, ``time_ctx``, ``cond:<name>`` or ``feature:<encoder output>``);
+    outputs leave it empty. The batch axis is the symbol ``batch`` (or a fixed size)."""
 
     name: str
     shape: tuple[Union[int, str], ...]
@@ -53,18 +64,63 @@ class GraphIO:
 
 
 @dataclass(frozen=True)
+class ConditioningSpec:
+    """A conditioning input, per sample (``shape`` excludes the batch axis).
+
+    The unconditional branch of guidance feeds the declared null: ``value`` (every
+    element equals ``null_value``, e.g. the null class id) or ``file`` (an ``.npy`` of
+    ``shape`` in the bundle, e.g. an empty-prompt embedding). ``num_classes`` bounds
+    integer class ids (``0 .. num_classes - 1``) where the input is one.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    null_kind: str = "none"
+    null_value: float | None = None
+    null_file: str | None = None
+    num_classes: int | None = None
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """An optional decoder (a VAE decoder, say) run once on the final sample:
+    ``input = sample / scaling_factor + shift_factor`` (float32), then the graph."""
+
+    graph: GraphIO
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0
+    output_shape: tuple[int, ...] = ()      # (C, H, W) of one decoded sample
+    data_range: tuple[float, float] = (-1.0, 1.0)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    sample_shape: tuple[int, ...]          # (C, H, W) of one sample
-    num_classes: int
-    null_class: int                         # the unconditional class id
+    sample_shape: tuple[int, ...]           # (C, H, W) of one sample
     prediction: str                         # v | eps | x0
     encoder: GraphIO
     denoiser: GraphIO
+    conditioning: tuple[ConditioningSpec, ...] = ()
+    decoder: DecoderSpec | None = None
+    time_input: str = "logsnr"              # what the networks were trained on: logsnr | t | timestep
     layout: str = "NCHW"
     dtype: str = "float32"
     data_range: tuple[float, float] = (-1.0, 1.0)
-    time_input: str = "logsnr"              # the networks take log-SNR, clamped to logsnr_clamp
     logsnr_clamp: tuple[float, float] = (-15.0, 15.0)
+
+    def graphs(self) -> dict[str, GraphIO]:
+        """Every graph of the model by name (``decoder`` only when there is one)."""
+        out = {"encoder": self.encoder, "denoiser": self.denoiser}
+        if self.decoder is not None:
+            out["decoder"] = self.decoder.graph
+        return out
+
+    def condition(self, name: str) -> ConditioningSpec:
+        for c in self.conditioning:
+            if c.name == name:
+                return c
+        raise SpecError(f"model.conditioning has no input named {name!r}; it declares "
+                        f"{[c.name for c in self.conditioning] or 'none'}")
 
 
 @dataclass(frozen=True)
@@ -83,6 +139,7 @@ class Tables:
     coef_z: tuple[float, ...]               # N: A_i
     coef_x0: tuple[float, ...]              # N: B_i
     coef_noise: tuple[float, ...]           # N: C_i
+    model_time: tuple[float, ...] = ()      # N: the networks' time input at step i (model.time_input)
 
     def array(self, key: str) -> np.ndarray:
         return np.asarray(getattr(self, key), dtype=np.float64)
@@ -207,10 +264,11 @@ class Spec:
             raise SpecError(f"model.sample_shape is {list(m.sample_shape)}; expected [C, H, W] with positive sizes")
         if m.prediction not in ("v", "eps", "x0"):
             raise SpecError(f"model.prediction is {m.prediction!r}; expected v, eps or x0")
-        if m.num_classes < 1 or not 0 <= m.null_class <= m.num_classes:
-            raise SpecError(f"model.null_class {m.null_class} must lie in 0..num_classes ({m.num_classes})")
-        if m.layout != "NCHW" or m.dtype != "float32" or m.time_input != "logsnr":
-            raise SpecError("model.layout/dtype/time_input must be NCHW/float32/logsnr in spec version 1")
+        if m.layout != "NCHW" or m.dtype != "float32":
+            raise SpecError("model.layout/dtype must be NCHW/float32")
+        if m.time_input not in TIME_INPUTS:
+            raise SpecError(f"model.time_input is {m.time_input!r}; expected one of {', '.join(TIME_INPUTS)}")
+        _check_conditioning(m)
         _check_bindings(m)
         if s.type not in SAMPLERS:
             raise SpecError(f"sampler.type is {s.type!r}; supported: {', '.join(SAMPLERS)}")
@@ -230,7 +288,15 @@ class Spec:
         if g.interval_logsnr is not None and not g.interval_logsnr[0] <= g.interval_logsnr[1]:
             raise SpecError(f"guidance.interval_logsnr is {list(g.interval_logsnr)}; expected [low, high] with low <= high")
         if set(g.networks) != {"encoder", "denoiser"}:
-            raise SpecError(f"guidance.networks is {list(g.networks)}; version 1 runs both nets per branch")
+            raise SpecError(f"guidance.networks is {list(g.networks)}; this version runs both nets per branch")
+        if g.scale != 1.0:
+            missing = [c.name for c in m.conditioning if c.null_kind == "none"]
+            if missing:
+                raise SpecError(f"guidance.scale is {g.scale} but conditioning {missing[0]!r} declares no null value "
+                                "for the unconditional branch; declare one (a value or a stored tensor) or "
+                                "sample without guidance (scale 1)")
+            if not m.conditioning:
+                raise SpecError(f"guidance.scale is {g.scale} but the model takes no conditioning; use scale 1")
         rng = self.noise.rng
         if rng.kind not in RNG_KINDS:
             raise SpecError(f"noise.rng.kind is {rng.kind!r}; expected one of {RNG_KINDS}")
@@ -249,6 +315,7 @@ class Spec:
             if not np.all(np.isfinite(vals)):
                 raise SpecError(f"sampler.tables.{key} contains non-finite values")
         t, lam = tab.array("t"), tab.array("logsnr")
+        _check_model_time(self.model.time_input, tab, n)
         if np.any(np.diff(t) >= 0):
             i = int(np.argmax(np.diff(t) >= 0))
             raise SpecError(f"sampler.tables.t must decrease strictly (t[0] = noise); t[{i}]={t[i]} and t[{i + 1}]={t[i + 1]}")
@@ -277,20 +344,131 @@ class Spec:
                                 f"logsnr gives {want[i]!r}; the tables are inconsistent (edited or corrupt)")
 
 
+def _check_model_time(kind: str, tab: Tables, n: int) -> None:
+    """``model_time`` holds what the networks are fed; for log-SNR and t it is that table's column."""
+    got = tab.array("model_time")
+    if len(got) != n:
+        raise SpecError(f"sampler.tables.model_time has {len(got)} entries; expected {n} (one per step)")
+    if not np.all(np.isfinite(got)):
+        raise SpecError("sampler.tables.model_time contains non-finite values")
+    if kind in ("logsnr", "t"):
+        want = tab.array(kind)[:n]
+        if not np.array_equal(got, want):
+            i = int(np.argmax(got != want))
+            raise SpecError(f"sampler.tables.model_time[{i}] is {got[i]!r} but model.time_input {kind} "
+                            f"says it is sampler.tables.{kind}[{i}] = {want[i]!r}")
+    elif np.any(got != np.round(got)) or np.any(got < 0):
+        i = int(np.argmax((got != np.round(got)) | (got < 0)))
+        raise SpecError(f"sampler.tables.model_time[{i}] is {got[i]!r}; discrete timesteps are "
+                        "non-negative integers")
+
+
+def _check_conditioning(m: ModelSpec) -> None:
+    names = [c.name for c in m.conditioning]
+    if len(set(names)) != len(names):
+        raise SpecError(f"model.conditioning names repeat: {names}")
+    for c in m.conditioning:
+        where = f"model.conditioning[{c.name}]"
+        if not c.name or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", c.name):
+            raise SpecError(f"{where}: name {c.name!r} must start with a letter or _ and hold letters, digits, _ . -")
+        if c.dtype not in DTYPES:
+            raise SpecError(f"{where}.dtype is {c.dtype!r}; expected one of {', '.join(DTYPES)}")
+        if any(d < 1 for d in c.shape):
+            raise SpecError(f"{where}.shape is {list(c.shape)}; sizes must be positive")
+        if c.null_kind not in NULL_KINDS:
+            raise SpecError(f"{where}.null_kind is {c.null_kind!r}; expected one of {', '.join(NULL_KINDS)}")
+        if (c.null_kind == "value") != (c.null_value is not None):
+            raise SpecError(f"{where}: null_value is given exactly when null_kind is 'value'")
+        if (c.null_kind == "file") != (c.null_file is not None):
+            raise SpecError(f"{where}: null_file is given exactly when null_kind is 'file'")
+        if c.null_file is not None and (c.null_file.startswith("/") or ".." in c.null_file.split("/")
+                                        or not c.null_file.endswith(".npy")):
+            raise SpecError(f"{where}.null_file is {c.null_file!r}; expected a relative .npy path inside the bundle")
+        if c.num_classes is not None:
+            if not c.dtype.startswith("int") or c.num_classes < 1:
+                raise SpecError(f"{where}: num_classes applies to integer class ids with at least one class")
+
+
+def roles(gio: GraphIO) -> dict[str, TensorIO]:
+    """A graph's inputs by role."""
+    return {i.feeds: i for i in gio.inputs}
+
+
 def _check_bindings(m: ModelSpec) -> None:
-    enc_out = [o.name for o in m.encoder.outputs]
+    """Every graph input has a role this spec can feed; a network may take any subset of them."""
+    enc_out = {o.name: o for o in m.encoder.outputs}
     if not enc_out:
         raise SpecError("model.encoder.outputs is empty; the encoder must emit at least one feature")
-    want_enc = {"z", "logsnr[i]", "class_id"}
-    got_enc = {i.feeds for i in m.encoder.inputs}
-    if got_enc != want_enc:
-        raise SpecError(f"model.encoder.inputs feed {sorted(got_enc)}; expected exactly {sorted(want_enc)}")
-    want_den = {"z", "logsnr[i]", "logsnr[refresh]", "class_id"} | {f"encoder.{n}" for n in enc_out}
-    got_den = {i.feeds for i in m.denoiser.inputs}
-    if got_den != want_den:
-        raise SpecError(f"model.denoiser.inputs feed {sorted(got_den)}; expected exactly {sorted(want_den)}")
+    conds = {f"{COND_PREFIX}{c.name}": c for c in m.conditioning}
+    allowed = {"encoder": {ROLE_SAMPLE, ROLE_TIME, *conds},
+               "denoiser": {ROLE_SAMPLE, ROLE_TIME, ROLE_TIME_CTX, *conds, *(FEATURE_PREFIX + n for n in enc_out)}}
+    if m.decoder is not None:
+        allowed["decoder"] = {ROLE_SAMPLE}
+    for graph, gio in m.graphs().items():
+        names = [i.name for i in gio.inputs] + [o.name for o in gio.outputs]
+        if len(set(names)) != len(names):
+            raise SpecError(f"model.{graph}: input/output names repeat: {names}")
+        seen: set[str] = set()
+        for tio in gio.inputs:
+            where = f"model.{graph} input {tio.name!r}"
+            if tio.feeds not in allowed[graph]:
+                raise SpecError(f"{where} is fed {tio.feeds!r}; a {graph} input is fed one of "
+                                f"{', '.join(sorted(allowed[graph]))}")
+            if tio.feeds in seen:
+                raise SpecError(f"{where}: role {tio.feeds!r} feeds two inputs; one input per role")
+            seen.add(tio.feeds)
+            _check_io(tio, where)
+            if tio.feeds in (ROLE_TIME, ROLE_TIME_CTX) and (len(tio.shape) != 1 or tio.dtype not in TIME_DTYPES):
+                raise SpecError(f"{where} ({tio.feeds}) is {tio.dtype} {list(tio.shape)}; a time input is [batch] "
+                                f"of {', '.join(TIME_DTYPES)}")
+            want = _role_signature(m, enc_out, conds, tio.feeds, graph)
+            if want is not None and (tio.dtype, tuple(tio.shape[1:])) != want:
+                raise SpecError(f"{where} ({tio.feeds}) is {tio.dtype} {list(tio.shape)}; expected {want[0]} "
+                                f"[batch, {', '.join(map(str, want[1]))}]".replace(", ]", "]"))
+        for tio in gio.outputs:
+            _check_io(tio, f"model.{graph} output {tio.name!r}")
+        if ROLE_SAMPLE not in seen and graph != "encoder":
+            raise SpecError(f"model.{graph} takes no input fed 'sample'; the {graph} must read the sample")
     if len(m.denoiser.outputs) != 1:
-        raise SpecError(f"model.denoiser.outputs has {len(m.denoiser.outputs)} entries; expected 1")
+        raise SpecError(f"model.denoiser.outputs has {len(m.denoiser.outputs)} entries; expected 1 (the prediction)")
+    if tuple(m.denoiser.outputs[0].shape[1:]) != tuple(m.sample_shape):
+        raise SpecError(f"model.denoiser output is {list(m.denoiser.outputs[0].shape)}; expected "
+                        f"[batch, {', '.join(map(str, m.sample_shape))}] (the sample's shape)")
+    if m.decoder is not None:
+        d = m.decoder
+        if len(d.graph.outputs) != 1:
+            raise SpecError(f"model.decoder.graph.outputs has {len(d.graph.outputs)} entries; expected 1")
+        if not (math.isfinite(d.scaling_factor) and d.scaling_factor != 0 and math.isfinite(d.shift_factor)):
+            raise SpecError(f"model.decoder.scaling_factor/shift_factor are {d.scaling_factor}/{d.shift_factor}; "
+                            "expected finite numbers and a non-zero scaling factor")
+        if tuple(d.graph.outputs[0].shape[1:]) != tuple(d.output_shape):
+            raise SpecError(f"model.decoder.output_shape is {list(d.output_shape)} but its graph outputs "
+                            f"{list(d.graph.outputs[0].shape)}")
+
+
+def _check_io(tio: TensorIO, where: str) -> None:
+    if tio.dtype not in DTYPES:
+        raise SpecError(f"{where}: dtype {tio.dtype!r} is not one of {', '.join(DTYPES)}")
+    if not tio.shape or not (tio.shape[0] == "batch" or (isinstance(tio.shape[0], int) and tio.shape[0] > 0)):
+        raise SpecError(f"{where}: shape {list(tio.shape)} must start with the batch axis ('batch' or a size)")
+    if any(not isinstance(d, int) or d < 1 for d in tio.shape[1:]):
+        raise SpecError(f"{where}: shape {list(tio.shape)} must have fixed positive sizes after the batch axis")
+
+
+def _role_signature(m: ModelSpec, enc_out: dict[str, TensorIO], conds: dict[str, ConditioningSpec],
+                    role: str, graph: str) -> tuple[str, tuple] | None:
+    """(dtype, per-sample shape) a role implies, or None where the graph decides (time dtype)."""
+    if role == ROLE_SAMPLE:
+        return "float32", tuple(m.sample_shape)
+    if role in conds:
+        return conds[role].dtype, tuple(conds[role].shape)
+    if role.startswith(FEATURE_PREFIX):
+        out = enc_out[role[len(FEATURE_PREFIX):]]
+        return out.dtype, tuple(out.shape[1:])
+    return None
+
+
+TIME_DTYPES = ("float32", "float64", "int64", "int32")
 
 
 def _check_version(data: Mapping[str, Any]) -> None:
@@ -298,9 +476,14 @@ def _check_version(data: Mapping[str, Any]) -> None:
     if not isinstance(version, str) or not re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", version):
         raise SpecError(f"spec_version is {version!r}; expected a semantic version such as {SPEC_VERSION!r}")
     major = int(version.split(".")[0])
-    if major != int(SPEC_VERSION.split(".")[0]):
+    ours = int(SPEC_VERSION.split(".")[0])
+    if major < ours:
+        raise SpecError(f"spec_version {version} was written by an earlier dualrate (inputs bound by position); "
+                        f"this dualrate reads {ours}.x with inputs bound by role. Re-export the bundle "
+                        "with this version (dualrate export)")
+    if major > ours:
         raise SpecError(f"spec_version {version} has major version {major}; this dualrate reads "
-                        f"{SPEC_VERSION.split('.')[0]}.x. Upgrade dualrate or re-export the bundle")
+                        f"{ours}.x. Upgrade dualrate or re-export the bundle")
 
 
 def _reject_constant(name: str) -> Any:

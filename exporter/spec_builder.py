@@ -1,4 +1,4 @@
-"""Build a spec from sampler options and a model pair: grid, tables, refresh list, I/O binding.
+"""Build a spec from sampler options and a model's graph signatures: grid, tables, refresh list.
 
 This is the only place that turns user-facing options (steps, sampler, refresh
 every K, guidance, ...) into the normative spec; runtimes never re-derive it.
@@ -7,22 +7,16 @@ every K, guidance, ...) into the normative spec; runtimes never re-derive it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .errors import BadInputError
-from .model_pair import PairInfo
 from .refresh import resolve_refresh
 from .sampler_tables import build_tables
 from .schedules import cosine_logsnr, time_grid
-from .spec import (DualRateSpec, GraphIO, GuidanceSpec, ModelSpec, NoiseSpec, ProcessSpec, RefreshSpec, RngSpec,
-                   SamplerSpec, Spec, Tables, TensorIO)
-
-ENCODER_INPUTS = ("z", "logsnr", "class_id")
-DENOISER_INPUTS = ("z", "logsnr", "logsnr_ctx", "class_id")
-DENOISER_OUTPUT = "prediction"
-
+from .spec import (DualRateSpec, GuidanceSpec, ModelSpec, NoiseSpec, ProcessSpec, RefreshSpec, RngSpec, SamplerSpec,
+                   Spec, Tables)
 
 @dataclass(frozen=True)
 class SamplerOptions:
@@ -42,62 +36,60 @@ class SamplerOptions:
     seed: int = 0
 
 
-def feature_names(count: int) -> list[str]:
-    return [f"feat{i}" for i in range(count)]
+@dataclass(frozen=True)
+class Grid:
+    """The time grid of a sampler: ``t`` and ``logsnr`` (N+1), what the networks are fed per
+    step (``model_time``, N), and the schedule facts the spec records."""
+
+    t: np.ndarray
+    logsnr: np.ndarray
+    model_time: np.ndarray
+    schedule: dict[str, Any]
+    kind: str                        # uniform_t | discrete
 
 
-def graph_io(info: PairInfo, feature_shapes: Sequence[Sequence[int]]) -> tuple[GraphIO, GraphIO]:
-    """The I/O binding of both graphs; the batch axis is the symbol ``batch``."""
-    c, h, w = info.sample_shape
-    z = TensorIO("z", ("batch", c, h, w), "float32", "z")
-    cls = TensorIO("class_id", ("batch",), "int64", "class_id")
-    feats = [TensorIO(n, ("batch", *map(int, s)), "float32") for n, s in zip(feature_names(len(feature_shapes)), feature_shapes)]
-    enc = GraphIO(inputs=(z, TensorIO("logsnr", ("batch",), "float32", "logsnr[i]"), cls), outputs=tuple(feats))
-    den = GraphIO(
-        inputs=(z, TensorIO("logsnr", ("batch",), "float32", "logsnr[i]"),
-                TensorIO("logsnr_ctx", ("batch",), "float32", "logsnr[refresh]"), cls,
-                *(TensorIO(f.name, f.shape, f.dtype, f"encoder.{f.name}") for f in feats)),
-        outputs=(TensorIO(DENOISER_OUTPUT, ("batch", c, h, w), "float32"),))
-    return enc, den
+def cosine_grid(opts: SamplerOptions, time_input: str, logsnr_clamp: tuple[float, float]) -> Grid:
+    """The continuous cosine schedule on a uniform t grid (the DR-UViT family's)."""
+    if time_input == "timestep":
+        raise BadInputError("the model takes diffusers timesteps, which need its scheduler config "
+                            "(scheduler_config=...) to place the steps")
+    lo, hi = logsnr_clamp
+    t = time_grid(opts.num_steps)
+    lam = cosine_logsnr(t, lo, hi, opts.logsnr_shift)
+    schedule = {"family": "cosine", "logsnr_min": lo, "logsnr_max": hi, "shift": opts.logsnr_shift}
+    return Grid(t, lam, (lam if time_input == "logsnr" else t)[:-1], schedule, "uniform_t")
 
 
-def make_spec(info: PairInfo, feature_shapes: Sequence[Sequence[int]], opts: SamplerOptions,
-              provenance: dict[str, Any] | None = None, runner: Any = None) -> Spec:
+def make_spec(model: ModelSpec, opts: SamplerOptions, provenance: dict[str, Any] | None = None,
+              runner_for: Callable[[Spec], Any] | None = None) -> Spec:
     """Resolve options into a validated spec (continuous cosine schedule, uniform t grid)."""
+    return assemble_spec(model, opts, cosine_grid(opts, model.time_input, model.logsnr_clamp), provenance, runner_for)
+
+
+def assemble_spec(model: ModelSpec, opts: SamplerOptions, grid: Grid, provenance: dict[str, Any] | None = None,
+                  runner_for: Callable[[Spec], Any] | None = None, nulls: dict[str, Any] | None = None) -> Spec:
+    """Tables, refresh list and the model binding for a grid; validated before it is returned.
+
+    The ``calibrated`` refresh generator is measured on the model: it needs ``runner_for`` (a
+    reference runner of the model for a spec) and starts from the every-step schedule it then thins.
+    """
     if opts.sampler == "ancestral" and opts.eta != 1.0:
         raise BadInputError(f"--eta {opts.eta} was given with the ancestral sampler, which has no eta; "
                             "use --sampler ddim to choose eta")
-    lo, hi = info.logsnr_clamp
-    t = time_grid(opts.num_steps)
-    schedule = {"family": "cosine", "logsnr_min": lo, "logsnr_max": hi, "shift": opts.logsnr_shift}
-    return assemble_spec(info, feature_shapes, opts, t, cosine_logsnr(t, lo, hi, opts.logsnr_shift),
-                         schedule, "uniform_t", provenance, runner)
-
-
-def assemble_spec(info: PairInfo, feature_shapes: Sequence[Sequence[int]], opts: SamplerOptions,
-                  t: np.ndarray, logsnr: np.ndarray, schedule: dict[str, Any], grid: str,
-                  provenance: dict[str, Any] | None = None, runner: Any = None) -> Spec:
-    """Tables, refresh list and I/O binding for a given grid; validated before it is returned.
-
-    The ``calibrated`` refresh generator is measured on the model: it needs ``runner`` (a
-    reference runner of the pair) and starts from the every-step schedule it then thins.
-    """
-    tables = build_tables(t, logsnr, opts.sampler, opts.eta, opts.final_step)
+    tables = build_tables(grid.t, grid.logsnr, opts.sampler, opts.eta, opts.final_step)
+    tables["model_time"] = np.asarray(grid.model_time, np.float64)
     calibrated = opts.refresh == "calibrated"
-    if calibrated and runner is None:
+    if calibrated and runner_for is None:
         raise BadInputError("the calibrated refresh schedule is measured on the model, and none is at hand here; "
                             "use it where a checkpoint is loaded (dualrate export/sample --refresh-calibrated T)")
     refresh, refresh_params = ("every_k", {"k": 1, "phase": 0}) if calibrated else (opts.refresh, opts.refresh_params)
-    refresh_steps = resolve_refresh(refresh, refresh_params, opts.num_steps, logsnr)
-    enc, den = graph_io(info, feature_shapes)
+    refresh_steps = resolve_refresh(refresh, refresh_params, opts.num_steps, grid.logsnr)
     spec = Spec(
-        model=ModelSpec(sample_shape=info.sample_shape, num_classes=info.num_classes, null_class=info.null_class,
-                        prediction=info.prediction, encoder=enc, denoiser=den,
-                        logsnr_clamp=tuple(info.logsnr_clamp)),
-        process=ProcessSpec(schedule=dict(schedule)),
+        model=model,
+        process=ProcessSpec(schedule=dict(grid.schedule)),
         sampler=SamplerSpec(type=opts.sampler, eta=opts.eta, num_steps=opts.num_steps,
                             tables=Tables(**{k: tuple(float(x) for x in v) for k, v in tables.items()}),
-                            clip_x0=opts.clip_x0, final_step=opts.final_step, time_grid=grid),
+                            clip_x0=opts.clip_x0, final_step=opts.final_step, time_grid=grid.kind),
         dual_rate=DualRateSpec(refresh=RefreshSpec(refresh, dict(refresh_params)),
                                resolved_refresh_steps=refresh_steps),
         noise=NoiseSpec(rng=RngSpec(kind=opts.rng, seed=None if opts.rng == "external" else opts.seed)),
@@ -107,7 +99,7 @@ def assemble_spec(info: PairInfo, feature_shapes: Sequence[Sequence[int]], opts:
     spec.validate()
     if calibrated:
         from .refresh_calibration import calibrate
-        return calibrate(runner, spec, opts.refresh_params)
+        return calibrate(runner_for(spec), spec, opts.refresh_params, nulls)
     return spec
 
 

@@ -1,46 +1,56 @@
-"""``TorchReferenceRunner``: the PyTorch modules behind the runner protocol (the reference)."""
+"""``TorchReferenceRunner``: the user's PyTorch modules behind the runner contract (the reference).
+
+It calls the same ``BoundGraph`` wrappers the exporter traces, so the reference and the
+exported graphs see exactly the same call of each module.
+"""
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from .model_pair import DualRatePair
+from .model_pair import DualRateModel
+from .runner import BaseRunner
+from .spec import Spec
 
 
-class TorchReferenceRunner:
-    """Runs the encoder/denoiser modules in eval mode, float32 (or ``dtype``), no autograd.
+class TorchReferenceRunner(BaseRunner):
+    """Runs the modules in eval mode, float32 (or ``dtype``, on a copy), no autograd.
 
     Features stay torch tensors between steps; numpy inputs are wrapped without copies.
     """
 
     name = "torch"
 
-    def __init__(self, pair: DualRatePair, dtype: torch.dtype = torch.float32):
-        pair.eval()
+    def __init__(self, model: DualRateModel, spec: Spec, dtype: torch.dtype = torch.float32):
+        super().__init__(spec)
+        model.eval()
+        self.model = model
         self.dtype = dtype
-        # Another dtype (a float64 reference, a bf16 check) works on a copy: the
-        # caller's modules stay float32.
-        same = dtype == torch.float32
-        self.encoder = pair.encoder if same else copy.deepcopy(pair.encoder).to(dtype)
-        self.denoiser = pair.denoiser if same else copy.deepcopy(pair.denoiser).to(dtype)
+        names = [o.name for o in spec.model.encoder.outputs]
+        bound = {"encoder": model.bound_encoder(), "denoiser": model.bound_denoiser(names)}
+        if spec.model.decoder is not None:
+            bound["decoder"] = model.bound_decoder()
+        # Another dtype (a float64 reference, a bf16 check) works on a copy: the caller's modules stay float32.
+        self.bound = bound if dtype == torch.float32 else {g: copy.deepcopy(b).to(dtype) for g, b in bound.items()}
 
-    def _t(self, x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x))
-        return t.to(self.dtype) if t.is_floating_point() else t
-
-    @torch.inference_mode()
-    def encode(self, z: np.ndarray, logsnr: np.ndarray, class_id: np.ndarray) -> tuple[torch.Tensor, ...]:
-        return tuple(self.encoder(self._t(z), self._t(logsnr), self._t(class_id)))
+    def _t(self, x: Any) -> torch.Tensor:
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+        return t.to(self.dtype) if t.is_floating_point() and t.dtype != self.dtype else t
 
     @torch.inference_mode()
-    def denoise(self, z: np.ndarray, logsnr: np.ndarray, logsnr_ctx: np.ndarray, class_id: np.ndarray,
-                features: Any) -> np.ndarray:
-        out = self.denoiser(self._t(z), self._t(logsnr), self._t(logsnr_ctx), self._t(class_id), *features)
-        return out.float().numpy()
+    def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        bound = self.bound[graph]
+        outs = bound(*(self._t(feeds[name]) for name, _ in bound.inputs))
+        return dict(zip((o.name for o in self.graphs[graph].outputs), outs))
 
-    def features_to_numpy(self, features: Any) -> list[np.ndarray]:
-        return [f.float().numpy() for f in features]
+    def to_numpy(self, value: Any) -> np.ndarray:
+        if isinstance(value, torch.Tensor):
+            t = value.detach()
+            if t.is_floating_point() and t.dtype != torch.float16:
+                t = t.float()
+            return t.numpy()
+        return np.asarray(value)

@@ -4,7 +4,8 @@ A backend module provides a ``Target`` subclass with
 
 * ``available()`` -> reason string or None (cheap; imports the runtime lazily);
 * ``compile_into(bundle, precision, out_dir)`` -> compile record fields (writes artifacts);
-* ``open_runner(bundle, compiled)`` -> a runner implementing the protocol.
+* ``open_runner(bundle, compiled)`` -> a runner implementing the contract of
+  ``dualrate.exporter.runner`` (a ``BaseRunner`` subclass: inputs by name, one error wrapper).
 
 Compiled artifacts live in ``BUNDLE/targets/<backend>-<precision>/`` with a
 ``compile.json`` recording requested and effective precision, runtime version,
@@ -102,7 +103,7 @@ class Target:
             fields = self.compile_into(bundle, precision, tmp, **options)
             record = {"backend": self.name, "requested_precision": precision,
                       "runtime_version": self.runtime_version(), "machine": platform.machine(),
-                      "sources": {g: bundle.file_hash(f"{g}.onnx") for g in ("encoder", "denoiser")},
+                      "sources": {g: bundle.file_hash(f"{g}.onnx") for g in bundle.graph_names()},
                       "compile_options": key_options, "cache_key": self.cache_key(), **fields}
             record["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p)
                                for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -118,7 +119,7 @@ class Target:
             record = json.loads((out / COMPILE_RECORD).read_text())
         except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             return None
-        sources = {g: bundle.file_hash(f"{g}.onnx") for g in ("encoder", "denoiser")}
+        sources = {g: bundle.file_hash(f"{g}.onnx") for g in bundle.graph_names()}
         if (record.get("sources") != sources or record.get("runtime_version") != self.runtime_version()
                 or record.get("compile_options", {}) != json.loads(json.dumps(options))
                 or record.get("cache_key") != json.loads(json.dumps(self.cache_key()))):

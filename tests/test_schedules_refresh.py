@@ -8,7 +8,8 @@ import pytest
 from dualrate.exporter.errors import SpecError
 from dualrate.exporter.refresh import resolve_refresh
 from dualrate.exporter.sampler_tables import affine_coefficients, build_tables
-from dualrate.exporter.schedules import alpha_sigma, beta_table, cosine_logsnr, discrete_logsnr, resolution_shift, time_grid
+from dualrate.exporter.schedules import (alpha_sigma, alphabar_logsnr, alphas_cumprod, beta_table, cosine_logsnr,
+                                         resolution_shift, time_grid)
 
 
 def test_cosine_endpoints_hit_the_clamp_and_decrease():
@@ -25,11 +26,19 @@ def test_alpha_sigma_stable_in_float64():
     assert s[2] == pytest.approx(np.exp(-20.0), rel=1e-12)        # no 1 - alphabar cancellation
 
 
-def test_discrete_logsnr_matches_alphabar_definition():
+def test_discrete_alphabar_is_float32_with_a_float64_running_product():
+    # bit-exactness against torch/diffusers lives in test_diffusers_conformance.py
     betas = beta_table("linear", 1000)
-    abar = np.cumprod(1 - betas)
-    lam = discrete_logsnr(betas)
-    np.testing.assert_allclose(lam, np.log(abar / (1 - abar)), rtol=1e-9, atol=1e-9)
+    assert betas.dtype == np.float32 and betas[0] == np.float32(1e-4) and betas[-1] == np.float32(0.02)
+    abar = alphas_cumprod(betas)
+    alphas = np.float32(1.0) - betas
+    assert abar.dtype == np.float32
+    assert np.array_equal(abar, np.cumprod(alphas.astype(np.float64)).astype(np.float32))
+    assert not np.array_equal(abar, np.cumprod(alphas))        # a float32 running product drifts
+    lam = alphabar_logsnr(abar)
+    a64 = abar.astype(np.float64)
+    np.testing.assert_allclose(lam, np.log(a64 / (1 - a64)), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(alpha_sigma(lam)[0] ** 2, a64, rtol=1e-14)
     with pytest.raises(SpecError, match="process.beta_schedule is 'cosine'"):
         beta_table("cosine")
 

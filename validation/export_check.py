@@ -1,22 +1,24 @@
-"""``dualrate export``: build a bundle beside the target, gate it on ONNX Runtime, rename into place.
+"""Export with a parity gate: build a bundle beside the target, check it on ONNX Runtime, rename into place.
 
-The bundle is written to a temporary directory next to the output; the graphs
-must pass the ONNX checks (in the exporter) and ORT-vs-PyTorch parity on inputs
-from real reference trajectories (fp32 gates) before the directory is renamed.
-A failure leaves nothing at the output path (and an existing bundle untouched).
+The bundle is written to a temporary directory next to the output; the graphs must
+pass the ONNX checks (in the exporter) and ORT-vs-PyTorch parity on inputs from real
+reference trajectories (fp32 gates) before the directory is renamed. A failure leaves
+nothing at the output path (and an existing bundle untouched).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import numpy as np
 
 from dualrate.exporter.atomic import atomic_directory
 from dualrate.exporter.bundle import Bundle, open_bundle
-from dualrate.exporter.checkpoint import load_checkpoint
 from dualrate.exporter.errors import ParityError
 from dualrate.exporter.export import ExportOptions, build_bundle
+from dualrate.exporter.model_pair import DualRateModel
 
 from .gates import gate_for
 from .graph_parity import CheckResult, graph_level
@@ -28,21 +30,32 @@ class ExportResult:
     parity: list[CheckResult]
 
 
-def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions, force: bool = False,
-                  allow_factory: bool = False, progress: Callable[[str], None] = lambda _: None) -> ExportResult:
+def model_source(model: DualRateModel) -> dict[str, Any]:
+    """The manifest's ``source`` for a model handed over in Python: its classes and weights' sha256."""
+    return {"kind": "python", "name": "+".join(type(m).__name__ for m in model.modules().values()),
+            "sha256": model.weights_sha256()}
+
+
+def export_bundle(model: DualRateModel | str | Path, out: str | Path, opts: ExportOptions, force: bool = False,
+                  allow_factory: bool = False, progress: Callable[[str], None] = lambda _: None,
+                  examples: dict[str, np.ndarray] | None = None) -> ExportResult:
+    """Export ``model`` (a ``DualRateModel`` or a checkpoint path) to a verified bundle at ``out``."""
+    from dualrate.exporter.checkpoint import load_checkpoint
     from dualrate.targets.base import get_target
 
-    ckpt = load_checkpoint(checkpoint, allow_factory=allow_factory)
+    if isinstance(model, DualRateModel):
+        source = model_source(model)
+    else:
+        ckpt = load_checkpoint(model, allow_factory=allow_factory)
+        model, source = ckpt.pair, ckpt.source()
     with atomic_directory(Path(out), force=force) as tmp:
-        build_bundle(ckpt, tmp, opts, progress)
+        build_bundle(model, tmp, opts, source, progress, examples)
         staged = open_bundle(tmp)
         progress("checking ONNX Runtime vs PyTorch on recorded reference inputs")
         target = get_target("onnxruntime")
         target.require()
         runner = target.open_runner(staged, _uncompiled(staged))
-        names = [o.name for o in staged.spec.model.encoder.outputs]
-        vectors = {g: staged.golden(g) for g in ("encoder_io", "denoiser_io")}
-        results = graph_level(runner, vectors, names, gate_for("fp32"))
+        results = graph_level(runner, {g: staged.golden(g) for g in staged.golden_names()}, gate_for("fp32"))
         failed = [r for r in results if not r.passed]
         if failed:
             r = failed[0]

@@ -17,6 +17,8 @@ from dualrate.exporter.golden import graph_calls
 from .gates import Gate
 from .metrics import Metrics, compare
 
+GRAPH_ORDER = ("encoder", "denoiser", "decoder")
+
 
 @dataclass
 class CheckResult:
@@ -37,30 +39,31 @@ class CheckResult:
                 "step": self.detail.get("step"), "detail": {k: v for k, v in self.detail.items() if k != "step"}}
 
 
-def run_graph(runner: Any, graph: str, inputs: dict[str, np.ndarray], feature_names: list[str]) -> dict[str, np.ndarray]:
+def run_graph(runner: Any, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One recorded call on the backend, outputs as numpy keyed by graph output name."""
     if graph == "encoder":
-        feats = runner.encode(inputs["z"], inputs["logsnr"], inputs["class_id"])
-        return dict(zip(feature_names, runner.features_to_numpy(feats)))
-    feats = [inputs[n] for n in feature_names]
-    out = runner.denoise(inputs["z"], inputs["logsnr"], inputs["logsnr_ctx"], inputs["class_id"], feats)
-    return {"prediction": np.asarray(out)}
+        return dict(runner.features_to_numpy(runner.encode(inputs)))
+    if graph == "denoiser":
+        return {"prediction": np.asarray(runner.denoise(inputs))}
+    return {"decoded": np.asarray(runner.decode(inputs))}
 
 
-def graph_level(runner: Any, vectors: dict[str, dict[str, np.ndarray]], feature_names: list[str],
-                gate: Gate, overrides: dict[str, dict[str, float]] | None = None,
+def graph_level(runner: Any, vectors: dict[str, dict[str, np.ndarray]], gate: Gate,
+                overrides: dict[str, dict[str, float]] | None = None,
                 call_gates: dict[tuple[str, str], Gate] | None = None) -> list[CheckResult]:
     """Each graph output over all recorded calls (``gate``), and its worst single call (the
     calibrated per-call gate, see ``gates.call_gates``); ``overrides`` maps ``graph/output``
-    to gate fields."""
+    to gate fields. Every graph with recorded calls is checked (the decoder where there is one)."""
     from dataclasses import replace
     results = []
-    for graph in ("encoder", "denoiser"):
+    for graph in GRAPH_ORDER:
+        if f"{graph}_io" not in vectors:
+            continue
         calls = graph_calls(vectors[f"{graph}_io"])
         got: dict[str, list[np.ndarray]] = {}
         want: dict[str, list[np.ndarray]] = {}
         for inputs, outputs in calls:
-            actual = run_graph(runner, graph, inputs, feature_names)
+            actual = run_graph(runner, graph, inputs)
             for name, ref in outputs.items():
                 got.setdefault(name, []).append(actual[name])
                 want.setdefault(name, []).append(ref)

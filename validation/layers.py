@@ -1,4 +1,4 @@
-"""The numeric parity layers 2-5 (layer 1, graph level, is ``graph_parity``).
+"""The numeric parity layers after the graph level (``graph_parity``).
 
 All layers compare a backend runner against *reference vectors*: the dict that
 ``exporter.golden.capture`` produces (loaded from the bundle's golden files, or
@@ -16,12 +16,14 @@ recomputed live from the PyTorch checkpoint), so both references share one path.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from dualrate.exporter.golden import teacher_key
-from dualrate.exporter.sampling import COND, UNCOND, ArrayNoise, call_plan, group_labels, sample
+from dualrate.exporter.conditioning import COND, UNCOND, group_conditioning
+from dualrate.exporter.golden import teacher_key, trajectory_conditioning
+from dualrate.exporter.runner import graph_feeds, role_values
+from dualrate.exporter.sampling import ArrayNoise, call_plan, sample, tile_rows, time_values
 from dualrate.exporter.spec import Spec
 from dualrate.exporter.spec_builder import every_step
 
@@ -34,30 +36,31 @@ def _worst(results: list[tuple[int, Any]]) -> tuple[int, Any]:
     return max(results, key=lambda r: np.inf if r[1].non_finite else r[1].rel_l2)
 
 
-def teacher_forced(runner: Any, spec: Spec, traj: dict[str, np.ndarray], feature_names: list[str],
-                   gate: Gate, call_gates: dict[tuple[str, str], Gate] | None = None) -> list[CheckResult]:
+def teacher_forced(runner: Any, spec: Spec, traj: dict[str, np.ndarray], gate: Gate,
+                   call_gates: dict[tuple[str, str], Gate] | None = None,
+                   nulls: dict[str, np.ndarray] | None = None) -> list[CheckResult]:
     """Per step: reference z_i and reference features in, backend features/prediction out;
     each step is held to the (calibrated) per-call gate of its output."""
-    labels = traj["class_id"]
-    b = len(labels)
-    lam = np.asarray(spec.sampler.tables.logsnr, np.float32)
+    m = spec.model
+    cond = trajectory_conditioning(traj)
+    feature_names = [o.name for o in m.encoder.outputs]
+    times = time_values(spec)
     per_output: dict[tuple[str, str], list[tuple[int, Any]]] = {}
     for i, calls in enumerate(call_plan(spec)):
         z = traj["noise"][0] if i == 0 else traj["z"][i - 1]                       # reference state [B, C, H, W]
         for call in calls:
-            cls = group_labels(labels, spec.model.null_class, call.branches)
-            rows = len(cls)
-            z_in = z if rows == b else np.concatenate([z] * (rows // b))
-            lam_i = np.full(rows, lam[i], np.float32)
+            z_in = tile_rows(z, len(call.branches))
+            rows = len(z_in)
+            rows_cond = group_conditioning(spec, cond, nulls, call.branches)
+            t_i, t_ctx = np.full(rows, times[i]), np.full(rows, times[call.ctx_step])
             if call.refresh:
-                got = run_graph(runner, "encoder", {"z": z_in, "logsnr": lam_i, "class_id": cls}, feature_names)
+                got = run_graph(runner, "encoder", graph_feeds(m.encoder, role_values(z_in, t_i, None, rows_cond)))
                 for name in feature_names:
                     ref = traj[teacher_key("encoder", i, call.branches, name)]
                     per_output.setdefault(("encoder", name), []).append((i, compare(got[name], ref)))
             feats = {name: traj[teacher_key("encoder", call.ctx_step, call.branches, name)] for name in feature_names}
-            inputs = {"z": z_in, "logsnr": lam_i, "logsnr_ctx": np.full(rows, lam[call.ctx_step], np.float32),
-                      "class_id": cls, **feats}
-            got = run_graph(runner, "denoiser", inputs, feature_names)["prediction"]
+            feeds = graph_feeds(m.denoiser, role_values(z_in, t_i, t_ctx, rows_cond, feats))
+            got = run_graph(runner, "denoiser", feeds)["prediction"]
             ref = traj[teacher_key("denoiser", i, call.branches, "prediction")]
             per_output.setdefault(("denoiser", "prediction"), []).append((i, compare(got, ref)))
     results = []
@@ -73,14 +76,21 @@ def teacher_forced(runner: Any, spec: Spec, traj: dict[str, np.ndarray], feature
     return results
 
 
+def _replay(runner: Any, spec: Spec, traj: dict[str, np.ndarray], nulls: dict[str, np.ndarray] | None):
+    """The backend sampling ``spec`` with a recorded trajectory's conditioning and noise."""
+    noise = ArrayNoise(traj["noise"][0], traj["noise"][1:])
+    return sample(runner, spec, trajectory_conditioning(traj), noise, nulls=nulls, record=True)
+
+
 def free_running(runner: Any, spec: Spec, trajectories: dict[str, dict[str, np.ndarray]], gate: Gate,
-                 backend_spec: Spec | None = None) -> tuple[list[CheckResult], dict[str, Any], dict[str, np.ndarray]]:
-    """Backend sampling with the reference noise; returns checks, the drift curve and final arrays."""
+                 backend_spec: Spec | None = None, nulls: dict[str, np.ndarray] | None = None
+                 ) -> tuple[list[CheckResult], dict[str, Any], dict[str, np.ndarray]]:
+    """Backend sampling with the reference noise; returns checks, the drift curve and final arrays.
+    With a decoder, the decoded outputs are compared too."""
     results, drift, arrays = [], None, {}
     run_spec = backend_spec or spec
     for name, traj in sorted(trajectories.items()):
-        noise = ArrayNoise(traj["noise"][0], traj["noise"][1:])
-        res = sample(runner, run_spec, traj["class_id"], noise, record=True)
+        res = _replay(runner, run_spec, traj, nulls)
         per_step = [compare(z, ref) for z, ref in zip(res.trajectory, traj["z"])]
         final = compare(res.x, traj["final"])
         first_bad = next((i for i, m in enumerate(per_step) if gate.check(m)), None)
@@ -88,11 +98,18 @@ def free_running(runner: Any, spec: Spec, trajectories: dict[str, dict[str, np.n
                                    gate.check(final, final_sample=True),
                                    {"step": first_bad, "seed": int(traj["seed"]), "trajectory": name,
                                     "refresh_log": res.refresh_log}))
+        if res.decoded is not None and "decoded" in traj:
+            decoded = compare(res.decoded, traj["decoded"])
+            results.append(CheckResult("free_running", "decoder", f"decoded[{name}]", decoded,
+                                       gate.check(decoded, final_sample=True),
+                                       {"seed": int(traj["seed"]), "trajectory": name}))
         if drift is None:
             drift = {"trajectory": name, "steps": list(range(len(per_step))),
                      "rel_l2": [m.rel_l2 for m in per_step],
                      "refresh_steps": list(spec.dual_rate.resolved_refresh_steps)}
             arrays = {"reference_final": traj["final"], "backend_final": res.x}
+            if res.decoded is not None and "decoded" in traj:
+                arrays.update(reference_decoded=traj["decoded"], backend_decoded=res.decoded)
     return results, drift, arrays
 
 
@@ -106,6 +123,8 @@ def refresh_audit(spec: Spec, free_running_results: list[CheckResult]) -> list[C
                     want[br].append(i)
     results = []
     for r in free_running_results:
+        if "refresh_log" not in r.detail:
+            continue                       # decoded-output checks carry no refresh log
         got = r.detail["refresh_log"]
         for br in (COND, UNCOND):
             ok = got[br] == want[br]
@@ -117,10 +136,10 @@ def refresh_audit(spec: Spec, free_running_results: list[CheckResult]) -> list[C
 
 
 def cache_equivalence(runner: Any, spec: Spec, traj: dict[str, np.ndarray], gate: Gate,
-                      backend_spec: Spec | None = None) -> list[CheckResult]:
+                      backend_spec: Spec | None = None, nulls: dict[str, np.ndarray] | None = None
+                      ) -> list[CheckResult]:
     """Refresh at every step on the backend == the heavy single-rate reference trajectory."""
-    run_spec = every_step(backend_spec or spec)
-    res = sample(runner, run_spec, traj["class_id"], ArrayNoise(traj["noise"][0], traj["noise"][1:]), record=True)
+    res = _replay(runner, every_step(backend_spec or spec), traj, nulls)
     per_step = [compare(z, ref) for z, ref in zip(res.trajectory, traj["z"])]
     first_bad = next((i for i, m in enumerate(per_step) if gate.check(m)), None)
     final = compare(res.x, traj["final"])
@@ -128,5 +147,3 @@ def cache_equivalence(runner: Any, spec: Spec, traj: dict[str, np.ndarray], gate
                         gate.check(final, final_sample=True),
                         {"step": first_bad, "per_step_rel_l2": [m.rel_l2 for m in per_step]})]
 
-
-Layer = Callable[..., list[CheckResult]]

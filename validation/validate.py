@@ -14,14 +14,13 @@ PyTorch can validate itself; both feed the same code as one vectors dict.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from dualrate.exporter.bundle import Bundle, load_source_checkpoint, open_bundle, recorded_checkpoint, sha256_file
+from dualrate.exporter.bundle import Bundle, load_source_checkpoint, open_bundle, recorded_checkpoint
 from dualrate.exporter.errors import BackendUnavailableError, BadInputError
 from dualrate.exporter.spec import Spec
 
@@ -45,6 +44,7 @@ class ValidateOptions:
     # fault injection for the self-test: wrap the backend runner / give the backend another spec
     runner_wrapper: Callable[[Any], Any] | None = None
     backend_spec: Spec | None = None
+    model: Any = None                        # a DualRateModel to use as the live reference (Python API)
 
 
 def validate(bundle_path: str | Path, opts: ValidateOptions) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -84,42 +84,64 @@ def validate(bundle_path: str | Path, opts: ValidateOptions) -> tuple[dict[str, 
     precision = opts.gate_precision or compiled.effective_precision
     gate = gate_for(precision, **opts.gate_overrides.get("*", {}))
     doc["gates"] = {precision: dataclasses.asdict(gate)}
-    names = [o.name for o in bundle.spec.model.encoder.outputs]
     spec = bundle.spec
+    nulls = bundle.nulls()
     trajectories = {k: v for k, v in vectors.items() if k.startswith("trajectory_seed")}
     first = trajectories[sorted(trajectories)[0]]
-    doc["shapes"] = {"batch": int(len(first["class_id"])), "steps": spec.sampler.num_steps}
+    doc["shapes"] = {"batch": int(len(first["final"])), "steps": spec.sampler.num_steps}
     per_call = call_gates(gate, precision, vectors.get("calibration"))
     if per_call:
         doc["gates"]["per_call_calibrated"] = {f"{g}/{o}": dataclasses.asdict(v) for (g, o), v in per_call.items()}
-    layers["graph"] = _layer("graph", graph_level(runner, vectors, names, gate, opts.gate_overrides, per_call))
-    layers["teacher_forced"] = _layer("teacher_forced", teacher_forced(runner, spec, first, names, gate, per_call))
-    fr, drift, arrays = free_running(runner, spec, trajectories, _final_gate(gate, opts), opts.backend_spec)
+    layers["graph"] = _layer("graph", graph_level(runner, vectors, gate, opts.gate_overrides, per_call))
+    layers["teacher_forced"] = _layer("teacher_forced", teacher_forced(runner, spec, first, gate, per_call, nulls))
+    fr, drift, arrays = free_running(runner, spec, trajectories, _final_gate(gate, opts), opts.backend_spec, nulls)
     layers["free_running"] = _layer("free_running", fr)
     layers["refresh_audit"] = _layer("refresh_audit", refresh_audit(spec, fr))
     every = next(v for k, v in vectors.items() if k.startswith("every_step_seed"))
-    layers["cache_equivalence"] = _layer("cache_equivalence",
-                                         cache_equivalence(runner, spec, every, _final_gate(gate, opts), opts.backend_spec))
+    layers["cache_equivalence"] = _layer("cache_equivalence", cache_equivalence(
+        runner, spec, every, _final_gate(gate, opts), opts.backend_spec, nulls))
     return _finish(doc, layers, drift), arrays
 
 
 def reference_vectors(bundle: Bundle, opts: ValidateOptions) -> tuple[dict[str, dict[str, np.ndarray]], str]:
-    """The reference as one vectors dict: recomputed from the checkpoint, or the bundle's golden files."""
+    """The reference as one vectors dict: recomputed on the PyTorch model (the checkpoint, or the
+    model handed over in Python), or the bundle's golden files."""
+    golden = {name: bundle.golden(name) for name in bundle.golden_names()}
     path = recorded_checkpoint(bundle, opts.checkpoint)
-    use_torch = opts.reference == "torch" or (opts.reference == "auto" and path is not None and path.exists())
+    live = opts.model is not None or (path is not None and path.exists())
+    use_torch = opts.reference == "torch" or (opts.reference == "auto" and live)
     if not use_torch:
         if opts.reference not in ("golden", "auto"):
             raise BadInputError(f"--reference {opts.reference!r}: expected torch, golden or auto")
-        return {name: bundle.golden(name) for name in bundle.golden_names()}, "golden"
-    from dualrate.exporter.golden import capture
+        return golden, "golden"
+    from dualrate.exporter.golden import capture, trajectory_conditioning
     from dualrate.exporter.torch_runner import TorchReferenceRunner
 
-    ckpt = load_source_checkpoint(bundle, opts.checkpoint, "--reference torch recomputes the reference on the "
-                                  "PyTorch modules", alternative=", or use --reference golden")
+    model = reference_model(bundle, opts)
     export = bundle.manifest.get("export_options", {})
-    vectors = capture(TorchReferenceRunner(ckpt.pair), bundle.spec, tuple(export.get("golden_seeds", (0, 1))),
-                      int(export.get("golden_batch", 2)))
+    seeds = tuple(export.get("golden_seeds", (0, 1)))
+    # the same conditioning the golden trajectories were sampled with
+    recorded = {int(v["seed"]): trajectory_conditioning(v) for k, v in golden.items() if k.startswith("trajectory_seed")}
+    vectors = capture(TorchReferenceRunner(model, bundle.spec), bundle.spec, seeds,
+                      int(export.get("golden_batch", 2)), bundle.nulls(), recorded)
     return vectors, "torch"
+
+
+def reference_model(bundle: Bundle, opts: ValidateOptions) -> Any:
+    """The live PyTorch model of a bundle: ``opts.model`` (its weights' sha256 must match the
+    manifest's source) or the source checkpoint (verified by sha256)."""
+    if opts.model is not None:
+        from .export_check import model_source
+
+        want = (bundle.manifest.get("source") or {}).get("sha256")
+        got = model_source(opts.model)["sha256"]
+        if want != got:
+            raise BadInputError(f"the reference model's weights have sha256 {got[:12]}…, but bundle {bundle.path} was "
+                                f"exported from weights with sha256 {str(want)[:12]}…; pass the model it was exported "
+                                "from, or use reference='golden'")
+        return opts.model
+    return load_source_checkpoint(bundle, opts.checkpoint, "--reference torch recomputes the reference on the "
+                                  "PyTorch modules", alternative=", or use --reference golden").pair
 
 
 def _final_gate(gate: Gate, opts: ValidateOptions) -> Gate:
@@ -131,8 +153,9 @@ def _header(bundle: Bundle, opts: ValidateOptions) -> dict[str, Any]:
 
     return {"tool": "dualrate validate", "format_version": 1, "dualrate_version": __version__,
             "bundle": {"path": str(bundle.path), "spec_sha256": bundle.file_hash("spec.json"),
-                       "graphs": {g: bundle.file_hash(f"{g}.onnx") for g in ("encoder", "denoiser")},
+                       "graphs": {g: bundle.file_hash(f"{g}.onnx") for g in bundle.graph_names()},
                        "source_checkpoint_sha256": bundle.manifest.get("source_checkpoint", {}).get("sha256")},
+            "source": bundle.manifest.get("source"),
             "target": {"backend": opts.target, "requested_precision": opts.precision, "effective_precision": None},
             "reference": opts.reference, "gates": {}, "shapes": {}}
 
@@ -182,11 +205,3 @@ def _finish(doc: dict[str, Any], layers: dict[str, dict[str, Any]], drift: Any) 
     doc["first_failure"] = first
     doc["not_run_reason"] = next((layer["reason"] for layer in doc["layers"] if layer["status"] == "not_run"), None)
     return doc
-
-
-def artifact_hashes(paths: list[Path]) -> dict[str, str]:
-    return {p.name: sha256_file(p) for p in paths}
-
-
-def dumps(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, indent=1, sort_keys=True, allow_nan=False)

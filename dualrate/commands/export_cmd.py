@@ -51,16 +51,14 @@ def _say(msg: str) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from dualrate.exporter.atomic import check_output
+    from dualrate.api import export
     from dualrate.exporter.export import ExportOptions
-    from dualrate.validation.export_check import export_bundle
 
-    check_output(args.output, args.force)
     opts = ExportOptions(sampler=sampler_options(args), static_batch=args.static_batch, opset=args.opset,
                          external_data={"auto": None, "always": True, "never": False}[args.external_data])
     start = time.perf_counter()
-    res = export_bundle(args.checkpoint, args.output, opts, force=args.force, allow_factory=args.allow_factory,
-                        progress=_say)
+    res = export(args.checkpoint, args.output, options=opts, force=args.force, allow_factory=args.allow_factory,
+                 progress=_say)
     spec = res.bundle.spec
     for r in res.parity:
         m = r.metrics
@@ -91,15 +89,13 @@ def compile_options(args: argparse.Namespace) -> dict:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from dualrate.exporter.bundle import open_bundle
-    from dualrate.targets.base import get_target
+    from dualrate.api import compile
 
-    bundle = open_bundle(args.bundle)
-    target = get_target(args.target)
     start = time.perf_counter()
-    compiled = target.compile(bundle, args.precision, force=args.force, **compile_options(args))
+    compiled = compile(args.bundle, target=args.target, precision=args.precision, force=args.force,
+                       **compile_options(args))
     rec = compiled.record
-    print(f"compiled {args.bundle} for {target.name} in {time.perf_counter() - start:.1f} s: requested "
+    print(f"compiled {args.bundle} for {args.target} in {time.perf_counter() - start:.1f} s: requested "
           f"{rec['requested_precision']}, effective {rec['effective_precision']}, runtime {rec['runtime_version']} "
           f"-> {compiled.path}")
     return 0

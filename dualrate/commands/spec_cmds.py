@@ -18,7 +18,6 @@ def add_spec_commands(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--eta", type=float, default=None, help="DDIM eta (default 0)")
     d.add_argument("--image-size", type=int, default=64)
     d.add_argument("--channels", type=int, default=4)
-    d.add_argument("--num-classes", type=int, default=1)
     d.add_argument("--refresh-every", type=int, default=1, metavar="K")
     d.add_argument("-o", "--output", type=Path, required=True)
     d.add_argument("--force", action="store_true")
@@ -36,8 +35,7 @@ def _from_diffusers(args: argparse.Namespace) -> int:
 
     check_output(args.output, args.force)
     spec, notes = spec_from_diffusers(args.config, args.steps, eta=args.eta, image_size=args.image_size,
-                                      channels=args.channels, num_classes=args.num_classes,
-                                      refresh_every=args.refresh_every)
+                                      channels=args.channels, refresh_every=args.refresh_every)
     spec.save(args.output)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

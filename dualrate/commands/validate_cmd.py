@@ -59,26 +59,28 @@ def gate_overrides(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from dualrate.validation.validate import ValidateOptions, validate
+    from dualrate.validation.validate import ValidateOptions
 
     opts = ValidateOptions(target=args.target, precision=args.precision, reference=args.reference,
                            checkpoint=args.checkpoint, gate_precision=args.gate_precision,
                            gate_overrides=gate_overrides(args), threads=args.threads)
     if args.self_test:
         return _self_test(args, opts)
-    doc, arrays = validate(args.bundle, opts)
-    from dualrate.validation.reports import console_summary, write_html, write_json, write_junit
+    from dualrate.api import validate
+    from dualrate.validation.reports import write_json
 
+    report = validate(args.bundle, target=opts.target, precision=opts.precision, reference=opts.reference,
+                      checkpoint=opts.checkpoint, gate_overrides=opts.gate_overrides,
+                      gate_precision=opts.gate_precision, threads=opts.threads)
     if args.json:
-        write_json(doc, args.json)
+        write_json(report.doc, args.json)
     if args.junit:
-        write_junit(doc, args.junit)
+        report.save_junit(args.junit)
     if args.report:
-        write_json(doc, args.report / "report.json")
-        html = write_html(doc, arrays, args.report, data_range=_data_range(args.bundle))
+        html = report.save(args.report, data_range=_data_range(args.bundle))
         print(f"report: {html}", file=sys.stderr)
-    print(console_summary(doc))
-    return int(doc["exit_code"])
+    print(report.summary())
+    return report.exit_code
 
 
 def _data_range(bundle: Path) -> tuple[float, float]:

@@ -1,0 +1,196 @@
+"""The Python API: one keyword-only function per verb, the same operations the CLI runs.
+
+    model = dualrate.DualRateModel(encoder=..., denoiser=..., encoder_inputs={...}, denoiser_inputs={...}, ...)
+    exported = dualrate.export(model, "bundle", steps=20, refresh_every=4, guidance=3.0)
+    dualrate.compile("bundle", target="openvino")
+    result = dualrate.sample("bundle", target="onnxruntime", conditioning={...}, seed=0)
+    report = dualrate.validate("bundle", target="openvino", reference=model)
+
+Errors are typed (``dualrate.BadInputError``, ``ParityError``, ``BackendUnavailableError``,
+... all ``DualrateError``) and carry the one-line message and exit code the CLI prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from dualrate.exporter.bundle import Bundle, open_bundle
+from dualrate.exporter.errors import BadInputError
+from dualrate.exporter.spec_builder import SamplerOptions
+
+def _bundle(bundle: Any) -> Bundle:
+    return bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
+
+
+def sampler_options(*, steps: int = 32, sampler: str = "ancestral", eta: float | None = None,
+                    refresh_every: int | None = 4, refresh_steps: Sequence[int] | None = None,
+                    refresh_calibrated: float | None = None, guidance: float = 1.0,
+                    guidance_interval: tuple[float, float] | None = None, clip_x0: float | None = None,
+                    seed: int = 0) -> SamplerOptions:
+    """The sampler a bundle fixes: steps, sampler (ancestral | ddim, with eta), one refresh rule
+    (every K steps, an explicit list, or calibrated on the model's feature drift), guidance."""
+    rules = [r for r in (refresh_steps is not None, refresh_calibrated is not None) if r]
+    if len(rules) > 1:
+        raise BadInputError("give one refresh rule: refresh_every, refresh_steps or refresh_calibrated")
+    if refresh_steps is not None:
+        refresh, params = "explicit", {"steps": [int(s) for s in refresh_steps]}
+    elif refresh_calibrated is not None:
+        refresh, params = "calibrated", {"threshold": refresh_calibrated}
+    else:
+        refresh, params = "every_k", {"k": int(refresh_every or 1), "phase": 0}
+    if eta is None:
+        eta = 1.0 if sampler == "ancestral" else 0.0
+    return SamplerOptions(num_steps=steps, sampler=sampler, eta=eta, refresh=refresh, refresh_params=params,
+                          guidance=guidance, guidance_interval=guidance_interval, clip_x0=clip_x0, seed=seed)
+
+
+def export(model: Any, output: str | Path, *, options: Any = None, examples: Mapping[str, Any] | None = None,
+           force: bool = False, allow_factory: bool = False, progress: Callable[[str], None] | None = None,
+           static_batch: int | None = None, **sampler: Any):
+    """Trace ``model`` into a verified bundle at ``output``.
+
+    Args:
+        model: a ``DualRateModel``, or the path of a dualrate checkpoint.
+        output: the bundle directory to create (refused if it exists, unless ``force``).
+        options: an ``ExportOptions`` (overrides the keywords below), else
+        **sampler: ``sampler_options`` keywords (steps, refresh_every, guidance, sampler, eta, ...).
+        examples: conditioning rows (name -> array [n, *shape]) for the golden trajectories,
+            e.g. real prompt embeddings; default: class ids / standard-normal / ones.
+        static_batch: fix the batch axis to this many samples (default: dynamic).
+    Returns:
+        ``ExportResult``: ``.bundle`` (the opened, verified bundle) and ``.parity`` (ONNX Runtime vs PyTorch).
+    Raises:
+        BadInputError (a module that does not accept its declared inputs, a missing null under
+        guidance, an existing output...), ParityError (ONNX Runtime disagrees: nothing is written).
+    """
+    from dualrate.exporter.atomic import check_output
+    from dualrate.exporter.export import ExportOptions
+    from dualrate.validation.export_check import export_bundle
+
+    check_output(Path(output), force)
+    if options is None:
+        options = ExportOptions(sampler=sampler_options(**sampler), static_batch=static_batch)
+    elif sampler:
+        raise BadInputError(f"pass sampler settings either in options or as keywords, not both ({sorted(sampler)})")
+    return export_bundle(model, output, options, force=force, allow_factory=allow_factory,
+                         progress=progress or (lambda _: None),
+                         examples=None if examples is None else {k: np.asarray(v) for k, v in examples.items()})
+
+
+def compile(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32", force: bool = False,
+            **options: Any):
+    """Compile ``bundle`` for ``target`` (cached in ``BUNDLE/targets/<target>-<precision>``).
+
+    ``options`` are the backend's own (Core ML: ``model=`` the DualRateModel for a bundle exported
+    from Python, since it converts from the PyTorch modules). Returns the ``Compiled`` cache entry;
+    ``BackendUnavailableError`` where the runtime cannot run here.
+    """
+    from dualrate.targets.base import get_target
+
+    return get_target(target).compile(_bundle(bundle), precision, force=force, **options)
+
+
+def open_runner(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32", threads: int = 0, **options):
+    """A runner of the compiled bundle (the runner contract of ``dualrate.exporter.runner``)."""
+    from dualrate.targets.base import get_target
+
+    b = _bundle(bundle)
+    t = get_target(target)
+    return t.open_runner(b, t.compile(b, precision, **options), threads=threads)
+
+
+def sample(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32",
+           conditioning: Mapping[str, Any] | Sequence[int] | None = None, seed: int = 0, n: int | None = None,
+           on_step: Callable[[int], None] | None = None):
+    """Sample with the bundle's sampler on ``target``.
+
+    ``conditioning`` maps each conditioning input to ``[B, *shape]`` (a class-conditional model
+    also takes a list of class ids); ``n`` is the batch for a model without conditioning.
+    Returns a ``SampleResult``: ``.x`` final samples ``[B, C, H, W]``, ``.decoded`` (with a decoder),
+    ``.refresh_log``.
+    """
+    from dualrate.exporter.sampling import sample as run_loop
+    from dualrate.exporter.sampling import spec_noise
+
+    b = _bundle(bundle)
+    runner = open_runner(b, target=target, precision=precision)
+    batch = _batch(b.spec, conditioning, n)
+    return run_loop(runner, b.spec, conditioning, spec_noise(b.spec, batch, seed), nulls=b.nulls(), on_step=on_step)
+
+
+def _batch(spec: Any, conditioning: Any, n: int | None) -> int:
+    from dualrate.exporter.conditioning import check_conditioning
+
+    cond = check_conditioning(spec, conditioning)
+    if cond:
+        return len(next(iter(cond.values())))
+    if n is None or n < 1:
+        raise BadInputError("this model takes no conditioning: pass n (how many samples)")
+    return n
+
+
+@dataclass
+class ValidationReport:
+    """The outcome of ``validate``: ``verdict`` PASSED | FAILED | NOT RUN and the CLI's ``exit_code``;
+    ``doc`` is the JSON report, ``arrays`` what the HTML report shows."""
+
+    doc: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        return self.doc["verdict"]
+
+    @property
+    def exit_code(self) -> int:
+        return int(self.doc["exit_code"])
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "PASSED"
+
+    def summary(self) -> str:
+        from dualrate.validation.reports import console_summary
+        return console_summary(self.doc)
+
+    def save(self, directory: str | Path, data_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
+        """Write ``report.json`` and ``report.html`` into ``directory``; returns the HTML path."""
+        from dualrate.validation.reports import write_html, write_json
+
+        directory = Path(directory)
+        write_json(self.doc, directory / "report.json")
+        return write_html(self.doc, self.arrays, directory, data_range=data_range)
+
+    def save_junit(self, path: str | Path) -> None:
+        from dualrate.validation.reports import write_junit
+        write_junit(self.doc, Path(path))
+
+
+def validate(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32", reference: Any = "auto",
+             checkpoint: str | Path | None = None, gate_overrides: Mapping[str, Mapping[str, float]] | None = None,
+             gate_precision: str | None = None, threads: int = 0) -> ValidationReport:
+    """Layered, fail-closed parity of the compiled bundle against the reference sampler.
+
+    ``reference``: ``"auto"``, ``"torch"`` (the source checkpoint), ``"golden"`` (the bundle's
+    vectors, no PyTorch needed) or a ``DualRateModel`` (the model the bundle was exported from,
+    checked by its weights' sha256). Returns a ``ValidationReport`` (never raises for a parity
+    failure: read ``.verdict``).
+    """
+    from dualrate.exporter.model_pair import DualRateModel
+    from dualrate.validation.validate import ValidateOptions
+    from dualrate.validation.validate import validate as run_layers
+
+    model = reference if isinstance(reference, DualRateModel) else None
+    opts = ValidateOptions(target=target, precision=precision, reference="torch" if model else reference,
+                           checkpoint=None if checkpoint is None else Path(checkpoint), gate_precision=gate_precision,
+                           gate_overrides={k: dict(v) for k, v in (gate_overrides or {}).items()}, threads=threads,
+                           model=model)
+    doc, arrays = run_layers(_bundle(bundle).path, opts)
+    return ValidationReport(doc, arrays)
+
+
+__all__ = ["ValidationReport", "compile", "export", "open_runner", "sample", "sampler_options", "validate"]
