@@ -193,4 +193,23 @@ def validate(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32
     return ValidationReport(doc, arrays)
 
 
-__all__ = ["ValidationReport", "compile", "export", "open_runner", "sample", "sampler_options", "validate"]
+def bench(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32", batch: int = 4, repeats: int = 3,
+          threads: int = 0, seed: int = 0, model: Any = None, checkpoint: str | Path | None = None,
+          single_rate: bool = True, torch_eager: bool = True,
+          progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Per-graph latency, dual- vs single-rate, the FLOP bound and torch eager, measured side by side.
+
+    ``model`` is the bundle's PyTorch model for a bundle exported from Python (its FLOPs and the
+    eager reference); a checkpoint bundle finds its own. Returns the results document
+    (``docs/benchmarks.md`` lists its keys).
+    """
+    from dualrate.validation.bench import BenchOptions
+    from dualrate.validation.bench import bench as run_bench
+
+    opts = BenchOptions(target=target, precision=precision, batch=batch, repeats=repeats, threads=threads,
+                        seed=seed, checkpoint=None if checkpoint is None else Path(checkpoint),
+                        single_rate=single_rate, torch_eager=torch_eager, model=model)
+    return run_bench(_bundle(bundle).path, opts, progress=progress or (lambda _: None))
+
+
+__all__ = ["bench", "ValidationReport", "compile", "export", "open_runner", "sample", "sampler_options", "validate"]

@@ -35,7 +35,6 @@ FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 SPEC = "spec.json"
 TARGETS_DIR = "targets"
-GRAPHS = ("encoder", "denoiser")
 
 
 def sha256_file(path: Path) -> str:

@@ -85,6 +85,9 @@ def load_scheduler_config(path_or_dict: Mapping[str, Any] | str | Path) -> dict[
     """
     if isinstance(path_or_dict, Mapping):
         return dict(path_or_dict)
+    if isinstance(getattr(path_or_dict, "config", None), Mapping):
+        # a diffusers scheduler object: its config plus the class name save_config would write
+        return {"_class_name": type(path_or_dict).__name__, **dict(path_or_dict.config)}
     if not isinstance(path_or_dict, (str, Path)):
         raise SpecError(f"scheduler config must be a mapping or a path to scheduler_config.json; "
                         f"got {type(path_or_dict).__name__}")

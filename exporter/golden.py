@@ -12,18 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .sampling import call_plan, sample, spec_noise
 from .spec import Spec
 from .spec_builder import every_step
-from .torch_runner import TorchReferenceRunner
 
 
 class RecordingRunner:
     """Pass-through runner that records every graph call's inputs and outputs as numpy, by name."""
 
-    def __init__(self, inner: TorchReferenceRunner):
+    def __init__(self, inner: Any):
         self.inner = inner
         self.calls: dict[str, list[dict[str, np.ndarray]]] = {"encoder": [], "denoiser": [], "decoder": []}
 
@@ -72,7 +70,7 @@ def example_conditioning(spec: Spec, seed: int, batch: int, nulls: dict[str, np.
     return out
 
 
-def capture(runner: TorchReferenceRunner, spec: Spec, seeds: tuple[int, ...], batch: int,
+def capture(runner: Any, spec: Spec, seeds: tuple[int, ...], batch: int,
             nulls: dict[str, np.ndarray] | None = None, conditioning: dict[int, dict[str, np.ndarray]] | None = None,
             examples: dict[str, np.ndarray] | None = None, max_graph_calls: int = 8
             ) -> dict[str, dict[str, np.ndarray]]:
@@ -100,18 +98,21 @@ def capture(runner: TorchReferenceRunner, spec: Spec, seeds: tuple[int, ...], ba
     return out
 
 
-LOW_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+LOW_PRECISIONS = ("bf16", "fp16")
 
 
-def calibration(runner: TorchReferenceRunner, vectors: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def calibration(runner: Any, vectors: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The reference's own spread at reduced precision: PyTorch autocast vs float32 on the recorded
     graph inputs, per output, worst call: ``[rel_l2, 1 - cosine]`` under ``<precision>/<graph>/<output>``.
 
     Low-precision gates are calibrated against this spread: a step where the reference itself
     moves 7% in bf16 cannot be held to a 3% per-call gate.
     """
+    import torch
+
     out: dict[str, np.ndarray] = {}
-    for pname, dtype in LOW_PRECISIONS.items():
+    for pname in LOW_PRECISIONS:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[pname]
         for graph, bound in runner.bound.items():
             if f"{graph}_io" not in vectors:
                 continue

@@ -332,6 +332,8 @@ class Spec:
             if np.any(bad):
                 i = int(np.argmax(bad))
                 raise SpecError(f"sampler.tables.logsnr[{i}] is {lam[i]!r} but process.schedule gives {want_lam[i]!r}")
+        if sch.get("family") == "discrete" and s.time_grid == "discrete":
+            _check_discrete(sch, lam, s.num_steps)
         alpha, sigma = alpha_sigma(lam)
         ref = build_tables(t, lam, s.type, s.eta, s.final_step)
         expected = {"alpha": alpha, "sigma": sigma, **{k: ref[k] for k in TABLE_KEYS_STEP}}
@@ -342,6 +344,37 @@ class Spec:
                 i = int(np.argmax(bad))
                 raise SpecError(f"sampler.tables.{key}[{i}] is {got[i]!r} but the {s.type} step from "
                                 f"logsnr gives {want[i]!r}; the tables are inconsistent (edited or corrupt)")
+
+
+MAX_TRAIN_TIMESTEPS = 100_000
+
+
+def _check_discrete(sch: Mapping[str, Any], lam: np.ndarray, n: int) -> None:
+    """A diffusers-imported grid: logsnr[i] is the float64 image of diffusers' float32 alphabar at
+    the step's training timestep (``process.schedule.timesteps``), so the tables match the model's training."""
+    from .schedules import alphabar_logsnr, alphas_cumprod, beta_table
+
+    try:
+        T = int(sch["num_train_timesteps"])
+        ts = np.asarray(sch["timesteps"], dtype=np.int64)
+        if not 2 <= T <= MAX_TRAIN_TIMESTEPS or len(ts) != n or np.any((ts < 0) | (ts >= T)):
+            raise ValueError(f"{T} training timesteps, timesteps {list(ts)[:8]}")
+        if sch["beta_schedule"] == "trained_betas":
+            betas = np.asarray(sch["trained_betas"], dtype=np.float32)
+            if betas.shape != (T,):
+                raise ValueError(f"{betas.size} trained_betas for {T} timesteps")
+        else:
+            betas = beta_table(sch["beta_schedule"], T, float(sch["beta_start"]), float(sch["beta_end"]),
+                               fused=sch.get("linspace_rounding", "fma") == "fma")
+        with np.errstate(all="ignore"):
+            want = alphabar_logsnr(alphas_cumprod(betas))[ts]
+    except (KeyError, TypeError, ValueError, OverflowError, SpecError) as exc:
+        raise SpecError(f"process.schedule does not describe a discrete (diffusers) schedule: {exc}") from None
+    bad = lam[:n] != want
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise SpecError(f"sampler.tables.logsnr[{i}] is {lam[i]!r} but process.schedule's alphabar at timestep "
+                        f"{int(ts[i])} gives {want[i]!r}; the tables do not match the model's training schedule")
 
 
 def _check_model_time(kind: str, tab: Tables, n: int) -> None:

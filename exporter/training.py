@@ -1,4 +1,4 @@
-"""Training of a dual-rate pair (the project's own; produces the shipped checkpoint).
+"""Training of a DR-UViT dual-rate model (the project's own; produces the shipped checkpoint).
 
 Per example (v-prediction, cosine log-SNR, continuous time):
 
@@ -19,6 +19,7 @@ An EMA of the weights is what gets saved.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -27,7 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .model_pair import DualRatePair
+from .model_pair import DualRateModel
 from .schedules import cosine_logsnr
 
 
@@ -56,21 +57,34 @@ def _target(pred: str, x: torch.Tensor, eps: torch.Tensor, a: torch.Tensor, s: t
     return x
 
 
-def train_pair(pair: DualRatePair, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig,
-               log: Callable[[str], None] = print) -> tuple[DualRatePair, dict]:
-    """Train in place; return the EMA pair and a summary (steps, minutes, final loss)."""
+def _class_input(pair: DualRateModel) -> tuple[int, int]:
+    """(num_classes, null class id) of the DR-UViT class-id conditioning; training feeds the modules directly."""
+    from .errors import BadInputError
+
+    conds = list(pair.conditioning)
+    if len(conds) != 1 or conds[0].num_classes is None or conds[0].null is None or np.ndim(conds[0].null) != 0:
+        raise BadInputError(f"training takes a DR-UViT model (one class-id conditioning with a null class); this "
+                            f"model's conditioning is {[c.name for c in conds]}")
+    return int(conds[0].num_classes), int(conds[0].null)
+
+
+def train_pair(pair: DualRateModel, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig,
+               log: Callable[[str], None] = print) -> tuple[DualRateModel, dict]:
+    """Train a DR-UViT model (``encoder(z, logsnr, class_id)``, ``denoiser(z, logsnr, logsnr_ctx, class_id,
+    *features)``) in place; return the EMA model and a summary (steps, minutes, final loss)."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    info = pair.info
+    _, null_class = _class_input(pair)
     x_all = torch.as_tensor(images, dtype=torch.float32)
     y_all = torch.as_tensor(labels, dtype=torch.int64)
     params = list(pair.encoder.parameters()) + list(pair.denoiser.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    ema = DualRatePair(copy.deepcopy(pair.encoder).eval(), copy.deepcopy(pair.denoiser).eval(), info)
+    ema = dataclasses.replace(pair, encoder=copy.deepcopy(pair.encoder).eval(),
+                              denoiser=copy.deepcopy(pair.denoiser).eval())
     ema_params = list(ema.encoder.parameters()) + list(ema.denoiser.parameters())
     pair.encoder.train()
     pair.denoiser.train()
-    lo, hi = info.logsnr_clamp
+    lo, hi = pair.logsnr_clamp
     start, losses, step = time.monotonic(), [], 0
     for step in range(1, cfg.steps + 1):
         for group in opt.param_groups:
@@ -94,13 +108,13 @@ def train_pair(pair: DualRatePair, images: np.ndarray, labels: np.ndarray, cfg: 
         cond_std = (s_tau * torch.sqrt(-torch.expm1(ltau - lt))).float().view(bshape)
         z_tau = (a_tau / a_t).float().view(bshape) * z_t + cond_std * torch.randn(x.shape, generator=gen)
         # 3. dropouts
-        c[torch.rand(b, generator=gen) < cfg.label_dropout] = info.null_class
+        c[torch.rand(b, generator=gen) < cfg.label_dropout] = null_class
         feats = pair.encoder(z_tau, ltau.float(), c)
         keep = (torch.rand(b, generator=gen) >= cfg.feature_dropout).float()
         feats = tuple(f * keep.view(bshape) for f in feats)
         # 4. loss
         out = pair.denoiser(z_t, lt.float(), ltau.float(), c, *feats)
-        target = _target(info.prediction, x, eps, a_t.float().view(bshape), s_t.float().view(bshape))
+        target = _target(pair.prediction, x, eps, a_t.float().view(bshape), s_t.float().view(bshape))
         loss = torch.mean((out - target) ** 2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -131,17 +145,18 @@ def train_checkpoint(size: str, out_dir, cfg: TrainConfig, force: bool = False,
     from .model_config import preset
     from .model_pair import build_pair
 
-    model = {"family": "dr-uvit", **preset(size).to_dict()}
-    pair = build_pair(model)
-    if pair.info.in_channels != 1:
-        from .errors import BadInputError
-        raise BadInputError(f"size {size!r} has {pair.info.in_channels} channels; digits training needs a "
+    from .errors import BadInputError
+
+    model_cfg = preset(size)
+    if model_cfg.in_channels != 1:
+        raise BadInputError(f"size {size!r} has {model_cfg.in_channels} channels; digits training needs a "
                             "1-channel size such as 'digits' or 'tiny'")
-    if pair.info.num_classes < 10:
-        from .errors import BadInputError
-        raise BadInputError(f"size {size!r} has {pair.info.num_classes} classes; the digits have 10")
-    images, labels = load_digits_images(pair.info.image_size)
+    if model_cfg.num_classes < 10:
+        raise BadInputError(f"size {size!r} has {model_cfg.num_classes} classes; the digits have 10")
+    model = {"family": "dr-uvit", **model_cfg.to_dict()}
+    pair = build_pair(model)
+    images, labels = load_digits_images(model_cfg.image_size)
     ema, summary = train_pair(pair, images, labels, cfg, log=log)
-    summary["data"] = f"sklearn digits 8x8 upsampled to {pair.info.image_size}x{pair.info.image_size}"
+    summary["data"] = f"sklearn digits 8x8 upsampled to {model_cfg.image_size}x{model_cfg.image_size}"
     summary["torch"] = torch.__version__
     return save_checkpoint(ema, make_config(model, summary), out_dir, force=force), summary

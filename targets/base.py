@@ -48,6 +48,7 @@ class Target:
     name = "base"
     precisions: tuple[str, ...] = ("fp32",)
     extra = ""            # pip extra that installs the runtime
+    converts_from_model = False   # compiles from the PyTorch modules (takes ``model=``), not the graphs
 
     def available(self) -> str | None:
         """None if usable here, else the reason (with the fix)."""

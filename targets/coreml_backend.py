@@ -1,13 +1,17 @@
-"""Core ML target: both graphs converted from the checkpoint's PyTorch modules to ML Program packages.
+"""Core ML target: every graph converted from the model's PyTorch modules to ML Program packages.
 
-coremltools has no ONNX frontend any more, so compile reloads the checkpoint the
-bundle was exported from (manifest ``source_checkpoint``, or ``checkpoint=``),
-verifies its sha256 and converts the same ``EncoderGraph``/``DenoiserGraph``
-wrappers the ONNX export used. Capture goes through ``torch.export`` first and
-falls back to ``torch.jit.trace`` (each fails on different layers); the batch
-axis becomes ``ct.EnumeratedShapes`` (several such inputs need iOS 18 / macOS
-15), or the bundle's static batch. fp16 is preceded by a PyTorch range check on
-the golden inputs, and keeps the sin/cos arguments in fp32.
+coremltools has no ONNX frontend any more, so compile converts the modules themselves:
+the model comes from the checkpoint the bundle was exported from (manifest
+``source_checkpoint``, or ``checkpoint=``; sha256-verified) or, for a bundle exported
+from Python, from the ``model=`` option (a ``DualRateModel`` whose weights' sha256 must
+be the manifest's ``source.sha256``). Each graph is the same ``BoundGraph`` the ONNX
+export traced (``bound_encoder()``, ``bound_denoiser(features)``, ``bound_decoder()``),
+with the spec's input names, and example inputs from the bundle's golden ``<graph>_io``.
+Capture goes through ``torch.export`` first and falls back to ``torch.jit.trace``
+(each fails on different layers); the batch axis becomes ``ct.EnumeratedShapes``
+(several such inputs need iOS 18 / macOS 15), or the bundle's static batch. fp16 is
+preceded by a PyTorch range check on the golden inputs, and keeps the sin/cos
+arguments in fp32.
 
 Core ML predicts only on macOS. Elsewhere the packages are converted, saved and
 inspected (``structural_checks``); numeric parity is reported as not run.
@@ -23,7 +27,7 @@ import logging
 import platform
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +37,8 @@ from dualrate.exporter.bundle import Bundle, load_source_checkpoint
 from dualrate.exporter.errors import BackendUnavailableError, BadInputError
 from dualrate.exporter.export import graph_rows
 from dualrate.exporter.golden import graph_calls
-from dualrate.exporter.onnx_export import DenoiserGraph, EncoderGraph
+from dualrate.exporter.model_pair import BoundGraph, DualRateModel
+from dualrate.exporter.runner import BaseRunner
 from dualrate.exporter.spec import GraphIO, Spec
 
 from .base import Compiled, Target
@@ -42,8 +47,9 @@ DEFAULT_SAMPLE_BATCHES = (1, 2, 4, 8)     # samples per sampler call; rows doubl
 PATHS = {"export": "torch.export", "trace": "torch.jit.trace"}
 FP16_MAX = 65504.0
 FP16_WARN = FP16_MAX / 4
-# Core ML multiarrays have no int64: class ids are int32 in the package and the runner casts.
-COREML_DTYPES = {"float32": "FLOAT32", "int64": "INT32", "float16": "FLOAT16", "int32": "INT32"}
+# Core ML multiarrays have no int64: integer inputs (class ids, timesteps) are int32 in the package
+# and the runner casts; float inputs and outputs are float32.
+COREML_DTYPES = {"float32": "FLOAT32", "int64": "INT32", "float16": "FLOAT32", "int32": "INT32"}
 TRIG_OPS = frozenset({"sin", "cos"})
 # ML program ops that plain conv/transformer layers convert to; anything else is flagged.
 KNOWN_OPS = frozenset({
@@ -366,6 +372,7 @@ def inspect_package(path: Path) -> dict[str, Any]:
 # -- the target ----------------------------------------------------------------
 class CoreMLTarget(Target):
     name = "coreml"
+    converts_from_model = True
     precisions = ("fp32", "fp16")
     extra = "coreml"
 
@@ -396,31 +403,47 @@ class CoreMLTarget(Target):
         # conversion starts from the torch modules, so the torch version is part of what was compiled
         return {**super().cache_key(), "torch": torch.__version__}
 
+    def compile(self, bundle: Bundle, precision: str = "fp32", force: bool = False, **options: Any) -> Compiled:
+        """``Target.compile``, with a ``model=`` option entering the cache key as its weights' sha256."""
+        if options.get("model") is not None:
+            options["model"] = ModelOption(options["model"])
+        return super().compile(bundle, precision, force=force, **options)
+
     def compile_into(self, bundle: Bundle, precision: str, out: Path, checkpoint: str | Path | None = None,
-                     allow_factory: bool = False, batch_sizes: Sequence[int] | None = None,
-                     conversion_order: Sequence[str] = ("export", "trace"), allow_fp16_overflow: bool = False,
-                     minimum_deployment_target: str | None = None, **_: Any) -> dict[str, Any]:
+                     allow_factory: bool = False, model: DualRateModel | None = None,
+                     batch_sizes: Sequence[int] | None = None, conversion_order: Sequence[str] = ("export", "trace"),
+                     allow_fp16_overflow: bool = False,
+                     minimum_deployment_target: str | None = None) -> dict[str, Any]:
+        """Convert every graph of the bundle from the model's modules.
+
+        The model: ``model=`` (a ``DualRateModel``; for a bundle exported from Python) or the
+        source checkpoint (``checkpoint=``, default the manifest's path; ``allow_factory`` for a
+        custom factory). Either must be what the bundle was exported from (sha256).
+        """
         ct = _ct()
         spec = bundle.spec
-        ckpt = load_source_checkpoint(bundle, checkpoint, "Core ML converts from the PyTorch modules",
-                                      allow_factory)
+        pair, converted_from, source = source_model(bundle, checkpoint, allow_factory, model)
+        gios = spec.model.graphs()
+        modules = bound_graphs(pair, spec)
+        names = {g: [t.name for t in gios[g].inputs] for g in modules}
+        calls = {g: [ins for ins, _ in graph_calls(bundle.golden(f"{g}_io"))] for g in modules}
         rows = coreml_rows(spec, bundle.manifest, batch_sizes)
-        graphs = {"encoder": (EncoderGraph(ckpt.pair.encoder).eval(), spec.model.encoder),
-                  "denoiser": (DenoiserGraph(ckpt.pair.denoiser).eval(), spec.model.denoiser)}
-        names = {g: [t.name for t in io_spec.inputs] for g, (_, io_spec) in graphs.items()}
-        calls = {g: [ins for ins, _ in graph_calls(bundle.golden(f"{g}_io"))] for g in graphs}
+        if len(rows) > 1:
+            # every graph converts with its first recorded call as the example: its rows must be accepted
+            rows = sorted(set(rows) | {int(np.shape(calls[g][0][names[g][0]])[0]) for g in modules
+                                       if gios[g].inputs[0].shape[0] == "batch"})
         preflight = None
         if precision == "fp16":
-            preflight = fp16_preflight({g: m for g, (m, _) in graphs.items()}, calls, names)
+            preflight = fp16_preflight(dict(modules), calls, names)
             check_fp16_preflight(preflight, allow_fp16_overflow)
         conversion: dict[str, Any] = {}
         swapped = 0
-        for graph, (module, io_spec) in graphs.items():
+        for graph, module in modules.items():
             portable, count = portable_module(module)
             swapped += count
             example = [torch.from_numpy(np.ascontiguousarray(calls[graph][0][n])) for n in names[graph]]
-            mlmodel, info = convert_graph(portable, example, io_spec, rows, precision, conversion_order,
-                                          minimum_deployment_target)
+            mlmodel, info = convert_graph(portable, example, gios[graph], graph_batch_rows(gios[graph], rows),
+                                          precision, conversion_order, minimum_deployment_target)
             mlmodel.save(str(out / f"{graph}.mlpackage"))
             conversion[graph] = info
         system = platform.system()
@@ -428,15 +451,19 @@ class CoreMLTarget(Target):
                 "device": "coreml (not executed on Linux)" if system == "Linux" else f"coreml ({system})",
                 "minimum_deployment_target": conversion["encoder"]["deployment_target"],
                 "batch_rows": rows, "batch_shapes": "enumerated" if len(rows) > 1 else "static",
+                "graph_batch_rows": {g: graph_batch_rows(gios[g], rows) for g in modules},
                 "conversion": conversion, "fp16_preflight": preflight,
                 "rewrites": {"GroupNorm as reshape-mean arithmetic (batch axis -1)": swapped},
-                "source_checkpoint": {"path": str(ckpt.path.resolve()), "sha256": ckpt.sha256},
+                "converted_from": converted_from,
+                "source": source,
+                "source_checkpoint": source if source["kind"] == "checkpoint" else None,
                 "converter": {"coremltools": ct.__version__, "torch": torch.__version__},
                 "options": {"conversion_order": list(conversion_order), "batch_sizes": list(batch_sizes or
                             DEFAULT_SAMPLE_BATCHES), "allow_fp16_overflow": allow_fp16_overflow}}
 
     def open_runner(self, bundle: Bundle, compiled: Compiled, compute_units: str = "ALL",
-                    **_: Any) -> "CoreMLRunner":
+                    threads: int = 0) -> "CoreMLRunner":
+        """``threads`` is accepted for the shared callers (validate, bench) and unused: Core ML schedules itself."""
         reason = self.numeric_unavailable()
         target = str(compiled.record.get("minimum_deployment_target", ""))
         mac = platform.mac_ver()[0]
@@ -445,14 +472,17 @@ class CoreMLTarget(Target):
                       f"{mac}; recompile from a bundle exported with --static-batch, or run on {target}+")
         if reason:
             raise BackendUnavailableError(f"target {self.name} cannot run here: {reason}")
-        return CoreMLRunner(compiled.path / "encoder.mlpackage", compiled.path / "denoiser.mlpackage", bundle.spec,
+        return CoreMLRunner(bundle.spec, {g: compiled.path / f"{g}.mlpackage" for g in bundle.graph_names()},
                             compute_units)
 
     def structural_checks(self, bundle: Bundle, compiled: Compiled) -> list[dict[str, Any]]:
+        """Per graph: ML program, I/O names, shapes (the enumerated batch rows), dtypes, op inventory, precision."""
         checks: list[dict[str, Any]] = []
-        rows = compiled.record["batch_rows"]
         half = compiled.record["effective_precision"] == "fp16"
-        for graph, io_spec in (("encoder", bundle.spec.model.encoder), ("denoiser", bundle.spec.model.denoiser)):
+        gios = bundle.spec.model.graphs()
+        for graph in bundle.graph_names():
+            io_spec = gios[graph]
+            rows = graph_batch_rows(io_spec, compiled.record["batch_rows"])
             info = inspect_package(compiled.path / f"{graph}.mlpackage")
 
             def check(name: str, problems: list[str], ok_detail: str) -> None:
@@ -484,7 +514,7 @@ class CoreMLTarget(Target):
             problems = [f"{t.name} is {f['dtype']}, expected {COREML_DTYPES.get(t.dtype)} for spec {t.dtype}"
                         for t, f in zip((*io_spec.inputs, *io_spec.outputs), (*info["inputs"], *info["outputs"]))
                         if f["dtype"] != COREML_DTYPES.get(t.dtype)]
-            check("I/O dtypes", problems, "float32 tensors FLOAT32; int64 class ids INT32 (the runner casts)")
+            check("I/O dtypes", problems, "float tensors FLOAT32; integer inputs INT32 (the runner casts)")
             unexpected = sorted(set(info["ops"]) - KNOWN_OPS)
             inventory = ", ".join(f"{k} {v}" for k, v in sorted(info["ops"].items()))
             check("op inventory", [f"unexpected ops {unexpected} (inventory: {inventory})"] if unexpected else [],
@@ -501,59 +531,116 @@ class CoreMLTarget(Target):
         return checks
 
 
-class CoreMLRunner:
-    """Runner protocol over two Core ML models (macOS only).
+# -- the model to convert ----------------------------------------------------------
+class ModelOption(str):
+    """A ``DualRateModel`` given as the ``model=`` compile option.
 
-    ``MLModel.predict`` takes and returns numpy arrays by name. The features are
-    the arrays Core ML returned, kept as they are (no re-copy) until the next
-    refresh; Core ML's Python API has no way to keep them inside the framework
-    between predictions.
+    Compile options are the compile cache key and are written to compile.json, so the
+    option *is* the string ``python model sha256 <weights sha256>`` there; ``compile_into``
+    takes the model from ``.model``.
+    """
+
+    model: DualRateModel
+    sha256: str
+
+    def __new__(cls, model: Any) -> "ModelOption":
+        if isinstance(model, ModelOption):
+            return model
+        if not isinstance(model, DualRateModel):
+            raise BadInputError(f"model= is a {type(model).__name__}; expected the dualrate.DualRateModel the "
+                                "bundle was exported from")
+        from dualrate.validation.export_check import model_source
+
+        sha = model_source(model)["sha256"]
+        self = super().__new__(cls, f"python model sha256 {sha}")
+        self.model, self.sha256 = model, sha
+        return self
+
+
+def source_model(bundle: Bundle, checkpoint: str | Path | None = None, allow_factory: bool = False,
+                 model: Any = None) -> tuple[DualRateModel, str, dict[str, Any]]:
+    """(the model to convert, what it was converted from, the record's ``source``); BadInputError unless it
+    is the model the bundle was exported from (sha256)."""
+    src = bundle.manifest.get("source") or {}
+    want, kind, name = src.get("sha256"), src.get("kind"), src.get("name", "its source")
+    if model is not None:
+        if checkpoint is not None:
+            raise BadInputError("pass model= or checkpoint=, not both: Core ML converts from one source")
+        option = ModelOption(model)
+        if option.sha256 != want:
+            advice = (f"; this bundle was exported from the checkpoint {name}: pass checkpoint=PATH (CLI: "
+                      "--checkpoint PATH) instead" if kind == "checkpoint" else
+                      "; pass the model the bundle was exported from, or re-export the bundle from this model")
+            raise BadInputError(f"model= has weights sha256 {option.sha256[:12]}…, but bundle {bundle.path} was "
+                                f"exported from {name} with sha256 {str(want)[:12]}… (manifest.json source.sha256)"
+                                + advice)
+        return (option.model, f"python model sha256 {option.sha256}",
+                {"kind": "python", "name": name, "sha256": option.sha256})
+    if kind == "python" and not bundle.manifest.get("source_checkpoint"):
+        raise BadInputError(f"Core ML converts from the PyTorch modules, and bundle {bundle.path} was exported from a "
+                            f"Python model ({name}, weights sha256 {str(want)[:12]}…), not a checkpoint: pass that "
+                            "model, dualrate.compile(bundle, target='coreml', model=model)")
+    ckpt = load_source_checkpoint(bundle, checkpoint, "Core ML converts from the PyTorch modules", allow_factory)
+    return (ckpt.pair, f"checkpoint {ckpt.path.name} sha256 {ckpt.sha256}",
+            {"kind": "checkpoint", "name": ckpt.path.name, "path": str(ckpt.path.resolve()), "sha256": ckpt.sha256})
+
+
+def bound_graphs(model: DualRateModel, spec: Spec) -> dict[str, BoundGraph]:
+    """Every graph of the spec as the model's ``BoundGraph`` (eval mode), its inputs checked against the spec."""
+    model.eval()
+    gios = spec.model.graphs()
+    out = {"encoder": model.bound_encoder(), "denoiser": model.bound_denoiser([o.name for o in spec.model.encoder.outputs])}
+    if "decoder" in gios:
+        decoder = model.bound_decoder()
+        if decoder is None:
+            raise BadInputError("the bundle has a decoder graph, but the model declares no decoder; pass the model "
+                                "the bundle was exported from")
+        out["decoder"] = decoder
+    for graph, bound in out.items():
+        got = [(n, r) for n, r in bound.inputs]
+        want = [(t.name, t.feeds) for t in gios[graph].inputs]
+        if got != want:
+            raise BadInputError(f"the model's {graph} takes {got} (input, role), but the bundle's spec binds {want}; "
+                                "pass the model the bundle was exported from")
+        bound.eval()
+    return out
+
+
+def graph_batch_rows(gio: GraphIO, rows: Sequence[int]) -> list[int]:
+    """The row counts a graph's package accepts: its own static batch, else ``rows`` (enumerated)."""
+    first = gio.inputs[0].shape[0]
+    return [first] if isinstance(first, int) else list(rows)
+
+
+class CoreMLRunner(BaseRunner):
+    """The runner contract over one Core ML model per graph (macOS only).
+
+    ``MLModel.predict`` takes and returns numpy arrays by name. The features are the
+    arrays Core ML returned, kept as they are (no re-copy) until the next refresh; Core
+    ML's Python API has no way to keep them inside the framework between predictions.
+    Integer inputs are int32 in the packages: the runner casts them.
     """
 
     name = "coreml"
+    runtime_errors = (RuntimeError, ValueError, KeyError)
 
-    def __init__(self, encoder: Path, denoiser: Path, spec: Spec, compute_units: str = "ALL"):
+    def __init__(self, spec: Spec, packages: Mapping[str, Path], compute_units: str = "ALL"):
+        super().__init__(spec)
         ct = _ct()
         units = getattr(ct.ComputeUnit, compute_units.upper(), None)
         if units is None:
             raise BadInputError(f"compute_units {compute_units!r}: choose ALL, CPU_ONLY, CPU_AND_GPU or CPU_AND_NE")
-        self._enc = ct.models.MLModel(str(encoder), compute_units=units)
-        self._den = ct.models.MLModel(str(denoiser), compute_units=units)
-        self._feature_names = [t.name for t in spec.model.encoder.outputs]
-        self._output = spec.model.denoiser.outputs[0].name
+        self._models = {g: ct.models.MLModel(str(packages[g]), compute_units=units) for g in self.graphs}
 
-    def encode(self, z: np.ndarray, logsnr: np.ndarray, class_id: np.ndarray) -> list[np.ndarray]:
-        out = self._predict(self._enc, "encoder", {"z": z, "logsnr": logsnr, "class_id": class_id})
-        return [out[n] for n in self._feature_names]
-
-    def denoise(self, z: np.ndarray, logsnr: np.ndarray, logsnr_ctx: np.ndarray, class_id: np.ndarray,
-                features: Any) -> np.ndarray:
-        feed = {"z": z, "logsnr": logsnr, "logsnr_ctx": logsnr_ctx, "class_id": class_id,
-                **dict(zip(self._feature_names, features))}
-        return np.asarray(self._predict(self._den, "denoiser", feed)[self._output], dtype=np.float32)
-
-    def features_to_numpy(self, features: Any) -> list[np.ndarray]:
-        return [np.asarray(f, dtype=np.float32) for f in features]
-
-    @staticmethod
-    def _predict(model: Any, graph: str, feed: dict[str, np.ndarray]) -> dict[str, Any]:
+    def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        gio = self.graphs[graph]
         typed = {}
-        for name, value in feed.items():
-            value = np.asarray(value)
-            if name == "class_id":
-                if value.dtype.kind not in "iu":
-                    raise BadInputError(f"Core ML rejected the {graph} inputs: class_id has dtype {value.dtype}; "
-                                        "expected integers")
-                value = value.astype(np.int32)            # the package takes int32 class ids
-            elif value.dtype != np.float32:
-                raise BadInputError(f"Core ML rejected the {graph} inputs: {name} has dtype {value.dtype}; "
-                                    "expected float32")
-            typed[name] = np.ascontiguousarray(value)
-        try:
-            return model.predict(typed)
-        except (RuntimeError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BadInputError(f"Core ML rejected the {graph} inputs: {first}") from None
+        for t in gio.inputs:
+            value = np.asarray(feeds[t.name])
+            want = np.int32 if t.dtype.startswith("int") else np.float32
+            typed[t.name] = np.ascontiguousarray(value.astype(want, copy=False))
+        out = self._models[graph].predict(typed)
+        return {t.name: np.asarray(out[t.name], dtype=np.float32) for t in gio.outputs}
 
 
 TARGET = CoreMLTarget()

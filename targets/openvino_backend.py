@@ -1,8 +1,8 @@
 """OpenVINO target: ONNX -> OpenVINO IR per precision, and a runner whose cached features stay ``ov.Tensor``s.
 
-Compile converts each bundle graph with ``ov.convert_model`` and saves it as IR
-(``encoder.xml/.bin``, ``denoiser.xml/.bin``; weights compressed to fp16 only for
-fp16). It then compiles the IR once on the CPU plugin with the precision hint and
+Compile converts each bundle graph (``bundle.graph_names()``: encoder, denoiser and
+the decoder where the model has one) with ``ov.convert_model`` and saves it as IR
+(``<graph>.xml/.bin``; weights compressed to fp16 only for fp16). It then compiles the IR once on the CPU plugin with the precision hint and
 reads back what the plugin will *really* compute in: the CPU plugin runs bf16
 silently on AVX512-BF16/AMX machines unless told f32, and may refuse f16 where
 the CPU has no native fp16. The compile record's ``effective_precision`` is the
@@ -14,16 +14,22 @@ also lowers the cheap element-wise chain that builds sinusoidal time embeddings,
 where an argument like pi * 128 * u cannot be represented in 8 (or 11) mantissa
 bits and sin/cos return noise. Compile marks that chain (and its constants) with
 OpenVINO's "precise" runtime attribute so it stays f32, and records which
-layers it kept and what they really executed in.
+layers it kept and what they really executed in. The chain is found from both
+ends, whatever the inputs are called: up from every Sin/Cos through cheap
+element-wise ops, and down from the inputs the spec binds to the roles ``time``
+and ``time_ctx`` (everything computed from the time alone on its way to a sin/cos).
 
-The runner keeps the encoder's features as ``ov.Tensor``s it allocates itself
-for every ``encode`` (so a later encode for another guidance branch cannot
-overwrite them) and binds them to the denoiser's request without a host copy.
+The runner implements the runner contract (``dualrate.exporter.runner``): graphs
+run by input name. It keeps the encoder's features as ``ov.Tensor``s it allocates
+itself for every ``encode`` (so a later encode for another guidance branch cannot
+overwrite them) and binds them to the denoiser's request, as the feeds of its
+``feature:<name>`` inputs, without a host copy.
 
-Bundles have a dynamic batch axis, but the CPU plugin runs a dynamic-shape model
-slower: it cannot fuse the element-wise chains (GroupNorm affine, FiLM, SiLU) into
-JIT subgraphs and re-plans shapes at every call. The runner therefore compiles,
-on first use of each row count, a copy of the graph with that batch fixed (the
+Bundles have a dynamic batch axis (axis 0 of every graph input and output, by the
+spec), but the CPU plugin runs a dynamic-shape model slower: it cannot fuse the
+element-wise chains (GroupNorm affine, FiLM, SiLU) into JIT subgraphs and re-plans
+shapes at every call. The runner therefore compiles, on first use of each row
+count, a copy of the graph with that batch fixed (the
 sampler calls one row count throughout), checks it computes in the same precision,
 and keeps the last few; the dynamic model stays the reference for input checks.
 """
@@ -35,13 +41,15 @@ import os
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Collection, Iterable, Sequence
+from typing import Any, Collection, Iterable, Mapping
 from xml.etree import ElementTree
 
 import numpy as np
 
-from dualrate.exporter.bundle import GRAPHS, Bundle
+from dualrate.exporter.bundle import Bundle
 from dualrate.exporter.errors import BackendUnavailableError, BadInputError
+from dualrate.exporter.runner import BaseRunner
+from dualrate.exporter.spec import ROLE_TIME, ROLE_TIME_CTX, GraphIO, Spec
 
 from .base import Compiled, Target
 
@@ -104,14 +112,27 @@ def executed_precisions(compiled_model: Any, only: Collection[str] | None = None
     return dict(sorted(counts.items()))
 
 
-def precision_sensitive_ops(model: Any) -> set[str]:
+def time_inputs(gio: GraphIO) -> list[str]:
+    """The graph inputs the spec binds to the time roles (``time``, ``time_ctx``), whatever their names."""
+    return [t.name for t in gio.inputs if t.feeds in (ROLE_TIME, ROLE_TIME_CTX)]
+
+
+def precision_sensitive_ops(model: Any, time_names: Collection[str] = ()) -> set[str]:
     """Names of the layers computing sin/cos arguments (and their constants): keep them f32.
 
-    Walks up from every Sin/Cos through cheap element-wise and shape ops only, so a
-    sin of a heavy op's output never drags that op (or the network above it) into f32.
+    Two walks, united:
+
+    * up from every Sin/Cos through cheap element-wise and shape ops only, so a sin of
+      a heavy op's output never drags that op (or the network above it) into f32;
+    * down from the inputs named in ``time_names`` (the spec's ``time``/``time_ctx``
+      inputs): every op computed from the time alone (and constants) on its way to a
+      Sin/Cos, whatever its type (a Fourier projection's MatMul, say). Such ops see one
+      value per sample, so keeping them f32 costs nothing measurable.
     """
+    ops = list(model.get_ordered_ops())
+    trig = [op for op in ops if op.get_type_name() in ("Sin", "Cos")]
     keep: set[str] = set()
-    stack = [op for op in model.get_ordered_ops() if op.get_type_name() in ("Sin", "Cos")]
+    stack = list(trig)
     while stack:
         node = stack.pop()
         name, kind = node.get_friendly_name(), node.get_type_name()
@@ -120,7 +141,78 @@ def precision_sensitive_ops(model: Any) -> set[str]:
         keep.add(name)
         if kind != "Constant":
             stack.extend(i.get_source_output().get_node() for i in node.inputs())
+    if not trig or not time_names:
+        return keep
+
+    def sources(op: Any) -> list[Any]:
+        return [i.get_source_output().get_node() for i in op.inputs()]
+
+    # ops a Sin/Cos depends on (any type), the Sin/Cos included
+    feeds_trig: set[str] = set()
+    stack = list(trig)
+    while stack:
+        node = stack.pop()
+        if node.get_friendly_name() not in feeds_trig:
+            feeds_trig.add(node.get_friendly_name())
+            stack.extend(sources(node))
+    # ops computed from the time inputs and constants only (topological order: sources come first)
+    wanted = set(time_names)
+    params = {p.get_node().get_friendly_name() for p in model.inputs if p.get_any_name() in wanted}
+    from_time: set[str] = set(params)
+    for op in ops:
+        kind = op.get_type_name()
+        if kind in ("Parameter", "Constant", "Result") or not op.inputs():
+            continue
+        srcs = sources(op)
+        if all(s.get_friendly_name() in from_time or s.get_type_name() == "Constant" for s in srcs) and \
+                any(s.get_friendly_name() in from_time for s in srcs):
+            from_time.add(op.get_friendly_name())
+    chain = (from_time - params) & feeds_trig
+    for op in ops:
+        if op.get_friendly_name() in chain:
+            keep.add(op.get_friendly_name())
+            keep.update(s.get_friendly_name() for s in sources(op) if s.get_type_name() == "Constant")
     return keep
+
+
+def unsqueeze_as_reshape(model: Any, names: Collection[str]) -> int:
+    """Rewrite the named ``Unsqueeze`` ops (``t[:, None]`` of a time embedding) as ``Reshape``s; returns how many.
+
+    The CPU plugin turns an Unsqueeze into its own Reshape and the "precise" attribute does not
+    survive that (it is not copyable), so the value would be rounded to bf16 on its way to
+    sin/cos. A Reshape in the IR is kept as it is, and keeps the attribute. The new op takes the
+    Unsqueeze's name, so ``names`` still marks it.
+    """
+    ov = _ov()
+    ops = ov.opset13
+    count = 0
+    for op in list(model.get_ordered_ops()):
+        if op.get_type_name() != "Unsqueeze" or op.get_friendly_name() not in names:
+            continue
+        axes_node = op.input_value(1).get_node()
+        out = op.get_output_partial_shape(0)
+        if axes_node.get_type_name() != "Constant" or out.rank.is_dynamic:
+            continue
+        rank = out.rank.get_length()
+        axes = {int(a) % rank for a in np.atleast_1d(axes_node.get_data())}
+        x = op.input_value(0)
+        pieces, j = [], 0
+        for k in range(rank):
+            if k in axes:
+                pieces.append(ops.constant(np.array([1], np.int64)))
+                continue
+            d = out[k]
+            pieces.append(ops.constant(np.array([d.get_length()], np.int64)) if d.is_static else
+                          ops.gather(ops.shape_of(x, "i64"), ops.constant(np.array([j], np.int64)),
+                                     ops.constant(np.array(0, np.int64))))
+            j += 1
+        reshape = ops.reshape(x, ops.concat(pieces, 0), special_zero=False)
+        reshape.set_friendly_name(op.get_friendly_name())
+        op.output(0).replace(reshape.output(0))
+        count += 1
+    if count:
+        model.validate_nodes_and_infer_types()
+    return count
 
 
 def _mark_precise(xml: Path, names: Collection[str]) -> None:
@@ -173,20 +265,24 @@ class OpenVinoTarget(Target):
     def runtime_version(self) -> str:
         return _ov().__version__
 
-    def compile_into(self, bundle: Bundle, precision: str, out: Path, threads: int = 0, **_: Any) -> dict[str, Any]:
+    def compile_into(self, bundle: Bundle, precision: str, out: Path, threads: int = 0) -> dict[str, Any]:
+        """IR per graph; ``threads`` (0: every core) is recorded with the properties and used by the runner."""
         ov = _ov()
         core = _core()
         props = cpu_properties(precision, threads)
+        graph_io = bundle.spec.model.graphs()
         per_graph: dict[str, dict[str, Any]] = {}
-        for graph in GRAPHS:
+        for graph in bundle.graph_names():
             xml = out / f"{graph}.xml"
+            times = time_inputs(graph_io[graph])
             try:
                 model = ov.convert_model(str(bundle.graph(graph)))   # reads .onnx.data beside it, if any
             except Exception as exc:          # OpConversionFailure and friends: name the graph, keep it short
                 raise BackendUnavailableError(f"OpenVINO {ov.__version__} cannot convert {graph}.onnx: "
                                               f"{_first_line(exc)}") from None
             # f32 keeps everything f32 anyway: marking would only cost an IR round trip
-            keep = precision_sensitive_ops(model) if precision != "fp32" else set()
+            keep = precision_sensitive_ops(model, times) if precision != "fp32" else set()
+            rewritten = unsqueeze_as_reshape(model, keep) if keep else 0
             with tempfile.TemporaryDirectory(dir=out) as scratch:
                 if keep:
                     # the Python API cannot set the attribute; its serialized IR form can be written
@@ -202,7 +298,9 @@ class OpenVinoTarget(Target):
             effective, hint, layers = precision_of(compiled)
             per_graph[graph] = {"effective_precision": effective, "inference_precision_hint": hint,
                                 "executed_layer_precisions": layers,
+                                "time_inputs": times,
                                 "kept_f32": sorted(keep),
+                                "kept_f32_unsqueeze_as_reshape": rewritten,
                                 "kept_f32_executed": executed_precisions(compiled, only=keep),
                                 "properties_read_back": {k: _prop_str(compiled.get_property(k)) for k in _READBACK}}
         effective = loosest(g["effective_precision"] for g in per_graph.values())
@@ -223,19 +321,20 @@ class OpenVinoTarget(Target):
                               "parity is gated on the effective precision")
         return record
 
-    def open_runner(self, bundle: Bundle, compiled: Compiled, threads: int = 0, **_: Any) -> "OpenVinoRunner":
+    def open_runner(self, bundle: Bundle, compiled: Compiled, threads: int = 0) -> "OpenVinoRunner":
         props = dict(compiled.record.get("properties") or cpu_properties(compiled.effective_precision))
         if threads:
             props["INFERENCE_NUM_THREADS"] = str(threads)     # speed only; the precision stays as compiled
-        return OpenVinoRunner(compiled.path / "encoder.xml", compiled.path / "denoiser.xml",
-                              [o.name for o in bundle.spec.model.encoder.outputs], props,
+        return OpenVinoRunner(bundle.spec, {g: compiled.path / f"{g}.xml" for g in bundle.graph_names()}, props,
                               expected_precision=compiled.effective_precision)
 
     def structural_checks(self, bundle: Bundle, compiled: Compiled) -> list[dict[str, Any]]:
         """IR inputs/outputs against the spec: names, element types, and a dynamic batch iff the spec has one."""
         core = _core()
         checks = []
-        for graph, io in (("encoder", bundle.spec.model.encoder), ("denoiser", bundle.spec.model.denoiser)):
+        graph_io = bundle.spec.model.graphs()
+        for graph in bundle.graph_names():
+            io = graph_io[graph]
             model = core.read_model(str(compiled.path / f"{graph}.xml"))
             for kind, ports, declared in (("input", model.inputs, io.inputs), ("output", model.outputs, io.outputs)):
                 got = [(p.get_any_name(), p.get_element_type().to_dtype().name, _dims(p.get_partial_shape()))
@@ -250,8 +349,13 @@ class OpenVinoTarget(Target):
         return checks
 
 
+class OpenVinoError(RuntimeError):
+    """What OpenVINO (or the runner's own check of a runtime-native feed) refused, as one useful line;
+    ``BaseRunner`` turns it into a ``BadInputError`` naming the graph."""
+
+
 class _Graph:
-    """One compiled graph and its infer request, with input checks that name the graph.
+    """One compiled graph and its infer request; inputs and outputs by name.
 
     ``source``/``properties`` given and a dynamic batch axis: calls run on a copy compiled
     for their row count (see the module docstring); ``self.request`` is the one in use.
@@ -278,6 +382,7 @@ class _Graph:
         request = self._by_rows.pop(batch, None)
         if request is None:
             model = self._source.clone()
+            # the batch is axis 0 of every graph input (the spec's I/O binding), whatever the input is called
             model.reshape({p.get_any_name(): _ov().PartialShape([batch, *list(p.get_partial_shape())[1:]])
                            for p in model.inputs})
             compiled = _core().compile_model(model, DEVICE, self._properties)
@@ -289,11 +394,11 @@ class _Graph:
         self._by_rows[batch] = request
         return request
 
-    def bind(self, values: dict[str, Any]) -> int:
-        """Set every input (numpy arrays shared, ``ov.Tensor``s as they are); return the batch size."""
+    def bind(self, values: Mapping[str, Any]) -> int:
+        """Set every input by name (numpy arrays shared, ``ov.Tensor``s as they are); return the batch size."""
         ov = _ov()
         if set(values) != set(self.inputs):
-            self._reject(f"got inputs {sorted(values)}, the graph has {sorted(self.inputs)}")
+            raise OpenVinoError(f"got inputs {sorted(values)}, the graph has {sorted(self.inputs)}")
         batch: int | None = None
         tensors: list[tuple[int, Any]] = []
         for name, value in values.items():
@@ -305,13 +410,13 @@ class _Graph:
                 dtype, shape, tensor = arr.dtype, arr.shape, None
             want = port.get_element_type().to_dtype()
             if dtype != want:
-                self._reject(f"input {name!r} has dtype {dtype}, expected {want}")
+                raise OpenVinoError(f"input {name!r} has dtype {dtype}, expected {want}")
             if not port.get_partial_shape().compatible(ov.PartialShape(list(shape))):
-                self._reject(f"input {name!r} has shape {shape}, expected {_dims(port.get_partial_shape())}")
+                raise OpenVinoError(f"input {name!r} has shape {shape}, expected {_dims(port.get_partial_shape())}")
             if batch is None:
                 batch = shape[0]
             elif shape[0] != batch:    # every graph input carries the batch on axis 0
-                self._reject(f"input {name!r} has batch {shape[0]}, other inputs have {batch}")
+                raise OpenVinoError(f"input {name!r} has batch {shape[0]}, other inputs have {batch}")
             if tensor is None:
                 # shares the caller's buffer for the duration of the call: no copy for contiguous input
                 tensor = ov.Tensor(np.ascontiguousarray(arr), shared_memory=True)
@@ -337,97 +442,87 @@ class _Graph:
             shapes.append(dims)
         return shapes
 
-    def infer(self) -> None:
+    def run(self, feeds: Mapping[str, Any], native: bool) -> dict[str, Any]:
+        """One call: outputs by name, as fresh ``ov.Tensor``s this call owns (``native``) or numpy arrays."""
+        ov = _ov()
         try:
+            batch = self.bind(feeds)
+            shapes = self.output_shapes(batch)
+            fresh: list[Any] | None = None
+            if shapes is not None:
+                # outputs land in memory this call owns: the request's own outputs would be overwritten by
+                # the next call (for the encoder: the other guidance branch's refresh), no copy after infer
+                if native:
+                    fresh = [ov.Tensor(p.get_element_type(), ov.Shape(s)) for p, s in zip(self.model.outputs, shapes)]
+                else:
+                    fresh = [np.empty(s, dtype=p.get_element_type().to_dtype())
+                             for p, s in zip(self.model.outputs, shapes)]
+                for i, t in enumerate(fresh):
+                    self.request.set_output_tensor(i, t if native else ov.Tensor(t, shared_memory=True))
             self.request.infer()
+            outs: dict[str, Any] = {}
+            for i, name in enumerate(self.outputs):
+                produced = self.request.get_output_tensor(i)
+                mine = None if fresh is None else fresh[i]
+                if mine is not None and _same_memory(produced, mine):
+                    outs[name] = mine
+                elif native:           # the plugin used its own buffer: take a private copy
+                    own = ov.Tensor(produced.element_type, produced.shape)
+                    produced.copy_to(own)
+                    outs[name] = own
+                else:
+                    outs[name] = np.array(produced.data)
+            return outs
         except (RuntimeError, TypeError, ValueError) as exc:
-            self._reject(_first_line(exc))
+            if isinstance(exc, OpenVinoError):
+                raise
+            raise OpenVinoError(_first_line(exc)) from None
 
-    def _reject(self, why: str) -> None:
-        raise BadInputError(f"openvino rejected the {self.name} inputs: {why}") from None
 
-
-class OpenVinoRunner:
-    """Runner protocol over two OpenVINO compiled models; features stay ``ov.Tensor``s between steps.
+class OpenVinoRunner(BaseRunner):
+    """The runner contract over one OpenVINO compiled model per graph; features stay ``ov.Tensor``s between steps.
 
     One infer request per graph, reused by every call: use one runner per thread.
     """
 
     name = "openvino"
+    runtime_errors = (OpenVinoError,)
 
-    def __init__(self, encoder: Path, denoiser: Path, feature_names: Sequence[str], properties: dict[str, str],
+    def __init__(self, spec: Spec, models: Mapping[str, Path], properties: dict[str, str],
                  expected_precision: str | None = None):
+        super().__init__(spec)
         core = _core()
         self.properties = dict(properties)
-        graphs = {}
-        for name, xml in (("encoder", encoder), ("denoiser", denoiser)):
-            if not Path(xml).is_file():
-                raise BadInputError(f"compiled OpenVINO model {xml} is missing; run `dualrate compile --target openvino`")
+        self._graphs: dict[str, _Graph] = {}
+        for name, gio in self.graphs.items():
+            xml = models.get(name)
+            if xml is None or not Path(xml).is_file():
+                raise BadInputError(f"compiled OpenVINO model {xml or name + '.xml'} is missing; run "
+                                    "`dualrate compile --target openvino --force`")
             source = core.read_model(str(xml))
-            graphs[name] = _Graph(name, core.compile_model(source, DEVICE, self.properties), source, self.properties)
-        self._enc, self._den = graphs["encoder"], graphs["denoiser"]
-        self.effective_precision = loosest(precision_of(g.model)[0] for g in graphs.values())
+            g = _Graph(name, core.compile_model(source, DEVICE, self.properties), source, self.properties)
+            want_in, want_out = sorted(t.name for t in gio.inputs), [t.name for t in gio.outputs]
+            if sorted(g.inputs) != want_in or any(o not in g.outputs for o in want_out):
+                raise BadInputError(f"compiled OpenVINO {name} takes {sorted(g.inputs)} and gives {g.outputs}; the "
+                                    f"spec binds {want_in} -> {want_out}. Recompile the bundle "
+                                    "(`dualrate compile --target openvino --force`)")
+            self._graphs[name] = g
+        self.effective_precision = loosest(precision_of(g.model)[0] for g in self._graphs.values())
         if expected_precision is not None and self.effective_precision != expected_precision:
             # same IR, same properties, different answer: another CPU or OpenVINO build than at compile time
             raise BackendUnavailableError(
                 f"OpenVINO on this machine runs the compiled models in {self.effective_precision}, but they were "
                 f"compiled and recorded as {expected_precision}; recompile here with "
                 "`dualrate compile --target openvino --force` so parity is gated on what really runs")
-        self._feature_names = list(feature_names)
-        missing = [n for n in self._feature_names if n not in self._enc.outputs or n not in self._den.inputs]
-        if missing:
-            raise BadInputError(f"compiled OpenVINO models do not carry feature(s) {missing}; recompile the bundle")
-        self._feature_index = [self._enc.outputs.index(n) for n in self._feature_names]
 
-    def encode(self, z: np.ndarray, logsnr: np.ndarray, class_id: np.ndarray) -> list[Any]:
-        ov = _ov()
-        g = self._enc
-        batch = g.bind({"z": z, "logsnr": logsnr, "class_id": class_id})
-        shapes = g.output_shapes(batch)
-        fresh = None
-        if shapes is not None:
-            # the encoder writes straight into tensors this call owns: the request's own outputs
-            # would be overwritten by the next encode (the other guidance branch)
-            fresh = [ov.Tensor(p.get_element_type(), ov.Shape(s)) for p, s in zip(g.model.outputs, shapes)]
-            for i, t in enumerate(fresh):
-                g.request.set_output_tensor(i, t)
-        g.infer()
-        outs = []
-        for i in range(len(g.outputs)):
-            produced = g.request.get_output_tensor(i)
-            if fresh is not None and _same_memory(produced, fresh[i]):
-                outs.append(fresh[i])
-            else:                      # the plugin used its own buffer: take a private copy (encode only, sparse)
-                own = ov.Tensor(produced.element_type, produced.shape)
-                produced.copy_to(own)
-                outs.append(own)
-        return [outs[i] for i in self._feature_index]
+    def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        # the encoder's outputs are the feature cache: they stay ov.Tensors (bound as they are later)
+        outs = self._graphs[graph].run(feeds, native=graph == "encoder")
+        return {t.name: outs[t.name] for t in self.graphs[graph].outputs}
 
-    def denoise(self, z: np.ndarray, logsnr: np.ndarray, logsnr_ctx: np.ndarray, class_id: np.ndarray,
-                features: Any) -> np.ndarray:
+    def to_numpy(self, value: Any) -> np.ndarray:
         ov = _ov()
-        g = self._den
-        features = list(features)
-        if len(features) != len(self._feature_names):
-            raise BadInputError(f"openvino rejected the denoiser inputs: {len(features)} feature tensors given, "
-                                f"the graph takes {len(self._feature_names)} ({', '.join(self._feature_names)})")
-        batch = g.bind({"z": z, "logsnr": logsnr, "logsnr_ctx": logsnr_ctx, "class_id": class_id,
-                        **dict(zip(self._feature_names, features))})
-        shapes = g.output_shapes(batch)
-        out = None
-        if shapes is not None:
-            # the prediction lands in a fresh numpy array: no copy after infer, no aliasing the request
-            out = np.empty(shapes[0], dtype=g.model.outputs[0].get_element_type().to_dtype())
-            g.request.set_output_tensor(0, ov.Tensor(out, shared_memory=True))
-        g.infer()
-        produced = g.request.get_output_tensor(0)
-        if out is not None and produced.data.ctypes.data == out.ctypes.data:
-            return out
-        return np.array(produced.data)
-
-    def features_to_numpy(self, features: Any) -> list[np.ndarray]:
-        ov = _ov()
-        return [np.array(f.data) if isinstance(f, ov.Tensor) else np.array(f) for f in features]
+        return np.array(value.data) if isinstance(value, ov.Tensor) else np.asarray(value)
 
 
 def _batch_only_dynamic(compiled_model: Any) -> bool:
@@ -437,8 +532,10 @@ def _batch_only_dynamic(compiled_model: Any) -> bool:
             and all(s.rank.is_static and all(d.is_static for d in list(s)[1:]) for s in shapes))
 
 
-def _same_memory(a: Any, b: Any) -> bool:
-    return tuple(a.shape) == tuple(b.shape) and a.data.ctypes.data == b.data.ctypes.data
+def _same_memory(produced: Any, mine: Any) -> bool:
+    """Whether the request wrote its output into ``mine`` (an ``ov.Tensor`` or a numpy array)."""
+    data = mine if isinstance(mine, np.ndarray) else mine.data
+    return tuple(produced.shape) == tuple(data.shape) and produced.data.ctypes.data == data.ctypes.data
 
 
 def _dims(shape: Any) -> tuple[int | str, ...]:

@@ -1,18 +1,25 @@
 """TensorRT target: one serialized engine per graph, and a runner whose cached features stay on the GPU.
 
+Every graph of the bundle gets an engine (``bundle.graph_names()``: encoder, denoiser,
+and the decoder where the model has one); tensors are bound by name, as the spec
+declares them.
+
 Networks are *strongly typed*: every tensor computes in the type the ONNX graph
 gives it. fp32 builds the bundle's graphs with TF32 switched off (``tf32=True``
 allows it and records ``tf32``); fp16 builds from an fp16 copy of each graph
 (:func:`convert_onnx_fp16`: fp32 I/O, fp32 normalisations and sin/cos
 arguments, fp16 elsewhere), kept in the target directory. Each engine has one
 optimization profile over 1 .. ``max_batch`` samples, doubled where guidance
-batches both branches (``exporter.export.graph_rows``), or the static batch; one
-timing cache serves both builds and is saved as ``timing.cache``.
+batches both branches (``exporter.export.graph_rows``), or the static batch (the
+decoder's profile is over samples, never doubled); one timing cache serves every
+build and is saved as ``timing.cache``.
 
-:class:`TrtRunner` runs ``execute_async_v3`` on its own CUDA stream (cuda-python).
-``encode`` returns :class:`DeviceFeatures`, the device buffers the encoder wrote;
-``denoise`` binds their addresses as its feature inputs, so reusing the cache
-costs no host copy. tensorrt and cuda-python are imported only when used.
+:class:`TrtRunner` implements the runner contract (``dualrate.exporter.runner``) and
+runs ``execute_async_v3`` on its own CUDA stream (cuda-python). ``encode`` returns
+``{feature name: DeviceTensor}``, the device buffers the encoder wrote; the denoiser
+gets them as the feeds of its ``feature:<name>`` inputs and binds their addresses as
+they are, so reusing the cache costs no host copy. tensorrt and cuda-python are
+imported only when used.
 """
 
 from __future__ import annotations
@@ -21,13 +28,14 @@ import contextlib
 import math
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from dualrate.exporter.bundle import Bundle
 from dualrate.exporter.errors import BadInputError
 from dualrate.exporter.export import graph_rows
+from dualrate.exporter.runner import BaseRunner
 from dualrate.exporter.spec import GraphIO, Spec
 
 from .base import Compiled, Target
@@ -92,6 +100,21 @@ def profile_rows(spec: Spec, manifest: dict[str, Any], max_batch: int = DEFAULT_
     golden = (manifest.get("graph_rows") or {}).get("golden") or graph_rows(spec, 1)
     opt = graph_rows(spec, opt_batch) if opt_batch else golden
     return 1, opt, max(graph_rows(spec, max_batch), opt)
+
+
+def graph_profile_rows(spec: Spec, manifest: dict[str, Any], graph: str, max_batch: int = DEFAULT_MAX_BATCH,
+                       opt_batch: int | None = None) -> tuple[int, int, int]:
+    """``profile_rows`` of one graph. The decoder runs once on the final samples: its rows are samples
+    (never doubled by guidance), its static batch its own."""
+    if graph != "decoder":
+        return profile_rows(spec, manifest, max_batch, opt_batch)
+    first = spec.model.decoder.graph.inputs[0].shape[0]
+    if isinstance(first, int):
+        return first, first, first
+    if max_batch < 1 or (opt_batch is not None and opt_batch < 1):
+        raise BadInputError(f"max_batch {max_batch} / opt_batch {opt_batch}: expected positive sample counts")
+    opt = opt_batch or int((manifest.get("export_options") or {}).get("golden_batch") or 1)
+    return 1, opt, max(max_batch, opt)
 
 
 def profile_shapes(io: GraphIO, rows: tuple[int, int, int]) -> dict[str, tuple[tuple[int, ...], ...]]:
@@ -235,6 +258,10 @@ def _to_half(a: np.ndarray) -> np.ndarray:
     return np.clip(a, finfo.min, finfo.max).astype(np.float16)
 
 
+ONNX_TYPE_NAMES = {"float32": "FLOAT", "float16": "FLOAT16", "bfloat16": "BFLOAT16", "float64": "DOUBLE",
+                   "int64": "INT64", "int32": "INT32", "bool": "BOOL"}
+
+
 def fp16_graph_summary(path: Path) -> dict[str, Any]:
     """Types of an ONNX graph's I/O and how many values / initializers are fp16 (a structural check)."""
     import onnx
@@ -275,10 +302,10 @@ class TensorRTTarget(Target):
 
     def compile_into(self, bundle: Bundle, precision: str, out: Path, max_batch: int = DEFAULT_MAX_BATCH,
                      opt_batch: int | None = None, tf32: bool = False, workspace_gib: float | None = None,
-                     opt_level: int | None = None, timing_cache: str | Path | None = None,
-                     **_: Any) -> dict[str, Any]:
+                     opt_level: int | None = None, timing_cache: str | Path | None = None) -> dict[str, Any]:
         trt = _trt()
         spec = bundle.spec
+        graph_io = spec.model.graphs()
         rows = profile_rows(spec, bundle.manifest, max_batch, opt_batch)
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
@@ -286,7 +313,8 @@ class TensorRTTarget(Target):
         seed = seed_path.read_bytes() if seed_path and seed_path.is_file() else b""
         cache = None
         record: dict[str, Any] = {"profiles": {}, "fp16_graphs": {}}
-        for graph, io in (("encoder", spec.model.encoder), ("denoiser", spec.model.denoiser)):
+        for graph in bundle.graph_names():
+            io = graph_io[graph]
             source = bundle.graph(graph)
             if precision == "fp16":
                 source = out / f"{graph}.fp16.onnx"
@@ -310,7 +338,7 @@ class TensorRTTarget(Target):
                 cache = config.create_timing_cache(b"")     # a cache from another device/version: start fresh
                 config.set_timing_cache(cache, False)
             profile = builder.create_optimization_profile()
-            shapes = profile_shapes(io, rows)
+            shapes = profile_shapes(io, graph_profile_rows(spec, bundle.manifest, graph, max_batch, opt_batch))
             for name, (lo, opt, hi) in shapes.items():
                 profile.set_shape(name, lo, opt, hi)
             config.add_optimization_profile(profile)
@@ -336,25 +364,29 @@ class TensorRTTarget(Target):
                 return cand
         return None
 
-    def open_runner(self, bundle: Bundle, compiled: Compiled, **_: Any) -> "TrtRunner":
+    def open_runner(self, bundle: Bundle, compiled: Compiled, threads: int = 0) -> "TrtRunner":
+        """``threads`` is accepted for the shared callers (validate, bench) and unused: the GPU runs the graphs."""
         self.require()
-        return TrtRunner(compiled.path / "encoder.engine", compiled.path / "denoiser.engine",
-                         [o.name for o in bundle.spec.model.encoder.outputs])
+        return TrtRunner(bundle.spec, {g: compiled.path / f"{g}.engine" for g in bundle.graph_names()})
 
     def structural_checks(self, bundle: Bundle, compiled: Compiled) -> list[dict[str, Any]]:
         checks = []
+        graph_io = bundle.spec.model.graphs()
         if compiled.record.get("requested_precision") == "fp16":
-            for graph in ("encoder", "denoiser"):
+            for graph in bundle.graph_names():
                 s = fp16_graph_summary(compiled.path / f"{graph}.fp16.onnx")
-                io_ok = all(t in ("FLOAT", "INT64") for t in s["io"].values())
+                want = {t.name: ONNX_TYPE_NAMES.get(t.dtype, t.dtype)
+                        for t in (*graph_io[graph].inputs, *graph_io[graph].outputs)}
+                io_ok = s["io"] == want                     # fp16 inside, the spec's types at the boundary
                 checks.append({"name": f"{graph}: fp16 graph", "passed": io_ok and s["fp16_values"] > 0,
-                               "detail": f"I/O {s['io']}; {s['fp16_values']} fp16 / {s['fp32_values']} fp32 values, "
+                               "detail": f"I/O {s['io']}" + ("" if io_ok else f" (spec {want})")
+                                         + f"; {s['fp16_values']} fp16 / {s['fp32_values']} fp32 values, "
                                          f"{s['fp16_initializers']} fp16 initializers"})
         if self.available() is None:
             runtime = _trt().Runtime(_trt().Logger(_trt().Logger.WARNING))
-            for graph, io in (("encoder", bundle.spec.model.encoder), ("denoiser", bundle.spec.model.denoiser)):
+            for graph in bundle.graph_names():
                 engine = runtime.deserialize_cuda_engine((compiled.path / f"{graph}.engine").read_bytes())
-                checks.append(_engine_io_check(graph, engine, io, compiled.record["profiles"][graph]))
+                checks.append(_engine_io_check(graph, engine, graph_io[graph], compiled.record["profiles"][graph]))
         return checks
 
 
@@ -404,11 +436,26 @@ class DeviceBuffer:
             self.ptr = 0
 
 
-class DeviceFeatures:
-    """The encoder's outputs as device buffers: what the sampler caches between steps."""
+class DeviceTensor:
+    """One encoder output in device memory: what the sampler caches between steps (bound as it is)."""
 
-    def __init__(self, buffers: list[DeviceBuffer], shapes: list[tuple[int, ...]], dtypes: list[np.dtype]):
-        self.buffers, self.shapes, self.dtypes = buffers, shapes, dtypes
+    __slots__ = ("buffer", "shape", "dtype")
+
+    def __init__(self, buffer: DeviceBuffer, shape: tuple[int, ...], dtype: np.dtype):
+        self.buffer, self.shape, self.dtype = buffer, tuple(int(d) for d in shape), np.dtype(dtype)
+
+    @property
+    def ptr(self) -> int:
+        return self.buffer.ptr
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+class TrtError(RuntimeError):
+    """What TensorRT or CUDA refused (or the runner's own check of an input), as one line;
+    ``BaseRunner`` turns it into a ``BadInputError`` naming the graph."""
 
 
 class _Engine:
@@ -417,6 +464,9 @@ class _Engine:
     def __init__(self, runtime: Any, path: Path, graph: str):
         trt = _trt()
         self.graph = graph
+        if not path.is_file():
+            raise BadInputError(f"compiled TensorRT engine {path} is missing; run `dualrate compile --target "
+                                "tensorrt --force`")
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise BadInputError(f"{path} could not be deserialized by TensorRT {trt.__version__} on this GPU; "
@@ -437,30 +487,39 @@ class _Engine:
         return buf
 
     def bind_shape(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        """Check an input against the engine (dtype, profile range) and set its shape; BadInputError if off."""
+        """Check an input against the engine (dtype, profile range) and set its shape; TrtError if off."""
         if dtype != self.dtypes[name]:
-            raise BadInputError(f"tensorrt rejected the {self.graph} inputs: {name} has dtype {dtype}, "
-                                f"the engine takes {self.dtypes[name]}")
+            raise TrtError(f"{name} has dtype {dtype}, the engine takes {self.dtypes[name]}")
         lo, _, hi = (tuple(s) for s in self.ranges[name])
         inside = len(shape) == len(lo) and all(a <= d <= b for d, a, b in zip(shape, lo, hi))
-        if not inside or not self.context.set_input_shape(name, shape):
-            raise BadInputError(f"tensorrt rejected the {self.graph} inputs: {name} has shape {list(shape)}, "
-                                f"the engine's profile allows {list(lo)} .. {list(hi)}")
+        if not inside or not self.context.set_input_shape(name, tuple(shape)):
+            raise TrtError(f"{name} has shape {list(shape)}, the engine's profile allows {list(lo)} .. {list(hi)}")
 
 
-class TrtRunner:
-    """Runner protocol over two TensorRT engines on one CUDA stream; features stay in device memory."""
+class TrtRunner(BaseRunner):
+    """The runner contract over one TensorRT engine per graph on one CUDA stream; features stay in device memory.
+
+    One execution context per engine, reused by every call: use one runner per thread.
+    """
 
     name = "tensorrt"
+    runtime_errors = (TrtError,)
 
-    def __init__(self, encoder: Path, denoiser: Path, feature_names: list[str]):
+    def __init__(self, spec: Spec, engines: Mapping[str, Path]):
+        super().__init__(spec)
         trt = _trt()
         self._cudart = _cudart()
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self._enc = _Engine(self._runtime, encoder, "encoder")
-        self._den = _Engine(self._runtime, denoiser, "denoiser")
-        self._feature_names = feature_names
+        self._engines: dict[str, _Engine] = {}
+        for graph, gio in self.graphs.items():
+            e = _Engine(self._runtime, Path(engines[graph]), graph)
+            want_in, want_out = sorted(t.name for t in gio.inputs), [t.name for t in gio.outputs]
+            if sorted(e.inputs) != want_in or any(o not in e.outputs for o in want_out):
+                raise BadInputError(f"TensorRT {graph} engine takes {sorted(e.inputs)} and gives {e.outputs}; the "
+                                    f"spec binds {want_in} -> {want_out}. Recompile the bundle "
+                                    "(`dualrate compile --target tensorrt --force`)")
+            self._engines[graph] = e
         self._stream = _cuda(self._cudart.cudaStreamCreate())
 
     def __del__(self):
@@ -469,80 +528,95 @@ class TrtRunner:
             with contextlib.suppress(Exception):
                 self._cudart.cudaStreamDestroy(stream)
 
-    def encode(self, z: np.ndarray, logsnr: np.ndarray, class_id: np.ndarray) -> DeviceFeatures:
-        e = self._enc
-        self._bind_host(e, {"z": z, "logsnr": logsnr, "class_id": class_id})
-        # Fresh buffers per call: the sampler may hold several caches at once (one per guidance
-        # branch); each lives exactly as long as the sampler keeps its features.
-        shapes = [tuple(e.context.get_tensor_shape(n)) for n in self._feature_names]
-        dtypes = [e.dtypes[n] for n in self._feature_names]
-        buffers = [DeviceBuffer(math.prod(s) * d.itemsize) for s, d in zip(shapes, dtypes)]
-        for n, buf in zip(self._feature_names, buffers):
-            e.context.set_tensor_address(n, buf.ptr)
-        self._execute(e)
-        _cuda(self._cudart.cudaStreamSynchronize(self._stream))
-        return DeviceFeatures(buffers, shapes, dtypes)
+    def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        e = self._engines[graph]
+        gio = self.graphs[graph]
+        try:
+            self._bind_inputs(e, gio, feeds)
+            outs: dict[str, Any] = {}
+            if graph == "encoder":
+                # Fresh buffers per call: the sampler may hold several caches at once (one per guidance
+                # branch); each lives exactly as long as the sampler keeps its features.
+                for t in gio.outputs:
+                    shape = tuple(e.context.get_tensor_shape(t.name))
+                    dev = DeviceTensor(DeviceBuffer(math.prod(shape) * e.dtypes[t.name].itemsize), shape,
+                                       e.dtypes[t.name])
+                    e.context.set_tensor_address(t.name, dev.ptr)
+                    outs[t.name] = dev
+                self._execute(e)
+                _cuda(self._cudart.cudaStreamSynchronize(self._stream))
+                return outs
+            d2h = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+            staged = []
+            for t in gio.outputs:
+                host = np.empty(tuple(e.context.get_tensor_shape(t.name)), e.dtypes[t.name])
+                buf = e.scratch(t.name, host.nbytes)
+                e.context.set_tensor_address(t.name, buf.ptr)
+                staged.append((t.name, host, buf))
+            self._execute(e)
+            for name, host, buf in staged:
+                _cuda(self._cudart.cudaMemcpyAsync(host.ctypes.data, buf.ptr, host.nbytes, d2h, self._stream))
+                outs[name] = host
+            _cuda(self._cudart.cudaStreamSynchronize(self._stream))
+            return outs
+        except RuntimeError as exc:             # CUDA errors from _cuda, a failed execute: one line
+            if isinstance(exc, TrtError):
+                raise
+            raise TrtError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
 
-    def denoise(self, z: np.ndarray, logsnr: np.ndarray, logsnr_ctx: np.ndarray, class_id: np.ndarray,
-                features: Any) -> np.ndarray:
-        d = self._den
-        if not isinstance(features, DeviceFeatures):          # features from outside (golden vectors)
-            features = self._upload(d, [np.asarray(f) for f in features])
-        if any(s[0] != np.shape(z)[0] for s in features.shapes):
-            raise BadInputError(f"tensorrt rejected the denoiser inputs: z has {np.shape(z)[0]} rows, the cached "
-                                f"features {[s[0] for s in features.shapes]}")
-        for n, shape, dtype, buf in zip(self._feature_names, features.shapes, features.dtypes, features.buffers):
-            d.bind_shape(n, shape, dtype)
-            d.context.set_tensor_address(n, buf.ptr)          # the encoder's device memory, bound as is
-        self._bind_host(d, {"z": z, "logsnr": logsnr, "logsnr_ctx": logsnr_ctx, "class_id": class_id})
-        (name,) = d.outputs
-        shape = tuple(d.context.get_tensor_shape(name))
-        out = np.empty(shape, d.dtypes[name])
-        buf = d.scratch(name, out.nbytes)
-        d.context.set_tensor_address(name, buf.ptr)
-        self._execute(d)
-        _cuda(self._cudart.cudaMemcpyAsync(out.ctypes.data, buf.ptr, out.nbytes,
-                                           self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream))
-        _cuda(self._cudart.cudaStreamSynchronize(self._stream))
+    def to_numpy(self, value: Any) -> np.ndarray:
+        return self.features_to_numpy({"_": value})["_"]
+
+    def features_to_numpy(self, features: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Device tensors copied to the host (one stream synchronisation for all); host arrays as they are."""
+        d2h = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        out: dict[str, np.ndarray] = {}
+        copied = False
+        for name, value in features.items():
+            if not isinstance(value, DeviceTensor):
+                out[name] = np.asarray(value)
+                continue
+            host = np.empty(value.shape, value.dtype)
+            _cuda(self._cudart.cudaMemcpyAsync(host.ctypes.data, value.ptr, host.nbytes, d2h, self._stream))
+            out[name] = host
+            copied = True
+        if copied:
+            _cuda(self._cudart.cudaStreamSynchronize(self._stream))
         return out
 
-    def features_to_numpy(self, features: Any) -> list[np.ndarray]:
-        if not isinstance(features, DeviceFeatures):
-            return [np.asarray(f) for f in features]
-        arrays = [np.empty(s, dt) for s, dt in zip(features.shapes, features.dtypes)]
-        for a, buf in zip(arrays, features.buffers):
-            _cuda(self._cudart.cudaMemcpyAsync(a.ctypes.data, buf.ptr, a.nbytes,
-                                               self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream))
-        _cuda(self._cudart.cudaStreamSynchronize(self._stream))
-        return arrays
-
     # -- helpers -------------------------------------------------------------
-    def _bind_host(self, e: _Engine, values: dict[str, np.ndarray]) -> None:
-        """Check, set the shape of, and copy each host input into its reusable device buffer."""
+    def _bind_inputs(self, e: _Engine, gio: GraphIO, feeds: Mapping[str, Any]) -> None:
+        """Set every input's shape and address by name: device tensors (cached features) as they are,
+        host arrays copied into the engine's reusable device buffer for that input."""
         h2d = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        for name, value in values.items():
-            value = np.ascontiguousarray(value)
-            e.bind_shape(name, value.shape, value.dtype)
-            buf = e.scratch(name, value.nbytes)
+        batch: int | None = None
+        for t in gio.inputs:
+            value = feeds[t.name]
+            if isinstance(value, DeviceTensor):
+                shape, dtype = value.shape, value.dtype
+            else:
+                value = np.ascontiguousarray(value)
+                shape, dtype = tuple(value.shape), value.dtype
+            if batch is None:
+                batch = shape[0]
+            elif shape[0] != batch:                 # every graph input carries the batch on axis 0
+                raise TrtError(f"{t.name} has {shape[0]} rows, the other inputs {batch}")
+            e.bind_shape(t.name, shape, dtype)
+            if isinstance(value, DeviceTensor):
+                e.context.set_tensor_address(t.name, value.ptr)     # the encoder's device memory, bound as is
+                continue
+            buf = e.scratch(t.name, value.nbytes)
             # pageable host memory: cudaMemcpyAsync returns once the source is staged, so
             # ``value`` may go away afterwards
             _cuda(self._cudart.cudaMemcpyAsync(buf.ptr, value.ctypes.data, value.nbytes, h2d, self._stream))
-            e.context.set_tensor_address(name, buf.ptr)
-
-    def _upload(self, e: _Engine, arrays: list[np.ndarray]) -> DeviceFeatures:
-        h2d = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        arrays = [np.ascontiguousarray(a) for a in arrays]
-        buffers = [DeviceBuffer(a.nbytes) for a in arrays]
-        for a, buf in zip(arrays, buffers):
-            _cuda(self._cudart.cudaMemcpyAsync(buf.ptr, a.ctypes.data, a.nbytes, h2d, self._stream))
-        return DeviceFeatures(buffers, [a.shape for a in arrays], [a.dtype for a in arrays])
+            e.context.set_tensor_address(t.name, buf.ptr)
 
     def _execute(self, e: _Engine) -> None:
         if not e.context.execute_async_v3(int(self._stream)):
-            raise RuntimeError(f"TensorRT failed to execute the {e.graph} engine (see the TensorRT log)")
+            raise TrtError(f"TensorRT failed to execute the {e.graph} engine (see the TensorRT log)")
 
 
 TARGET = TensorRTTarget()
 
-__all__ = ["TARGET", "DeviceFeatures", "TensorRTTarget", "TrtRunner", "convert_onnx_fp16", "fp16_graph_summary",
-           "profile_rows", "profile_shapes"]
+__all__ = ["TARGET", "DeviceTensor", "TensorRTTarget", "TrtRunner", "convert_onnx_fp16", "fp16_graph_summary",
+           "graph_profile_rows", "profile_rows", "profile_shapes"]

@@ -7,14 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from dualrate.exporter.checkpoint import make_config, save_checkpoint
 from dualrate.exporter.model_config import preset
+from dualrate.exporter.export import spec_for_model
 from dualrate.exporter.model_pair import build_pair
-from dualrate.exporter.spec_builder import SamplerOptions, make_spec
+from dualrate.exporter.spec_builder import SamplerOptions
 from dualrate.exporter.torch_runner import TorchReferenceRunner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,14 +32,8 @@ def tiny_pair(seed: int = 0):
     return pair.eval()
 
 
-def feature_shapes(runner, info):
-    feats = runner.encode(np.zeros((1, *info.sample_shape), np.float32), np.zeros(1, np.float32), np.zeros(1, np.int64))
-    return [tuple(f.shape[1:]) for f in feats]
-
-
 def tiny_spec(pair, **opts):
-    runner = TorchReferenceRunner(pair)
-    return make_spec(pair.info, feature_shapes(runner, pair.info), SamplerOptions(**opts))
+    return spec_for_model(pair, SamplerOptions(**opts), {})
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +43,8 @@ def pair():
 
 @pytest.fixture(scope="session")
 def runner(pair):
-    return TorchReferenceRunner(pair)
+    """The reference runner of the tiny pair under a default spec (graph signatures do not depend on it)."""
+    return TorchReferenceRunner(pair, tiny_spec(pair))
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dualrate.exporter.model_pair import DualRatePair, PairInfo
+from dualrate.exporter.model_pair import SAMPLE, TIME, TIME_CTX, Conditioning, DualRateModel, cond, feature
 
 
 class ConvEncoder(nn.Module):
@@ -27,9 +27,14 @@ class ConvDenoiser(nn.Module):
         return self.conv(torch.cat([z, feat], 1)) * (1 + (logsnr - logsnr_ctx)[:, None, None, None] / 30)
 
 
-def make_pair(channels: int = 1, width: int = 4, image_size: int = 8) -> DualRatePair:
-    return DualRatePair(ConvEncoder(channels, width), ConvDenoiser(channels, width),
-                        PairInfo(image_size=image_size, in_channels=channels, num_classes=2, prediction="eps"))
+def make_pair(channels: int = 1, width: int = 4, image_size: int = 8) -> DualRateModel:
+    return DualRateModel(
+        ConvEncoder(channels, width), ConvDenoiser(channels, width),
+        encoder_inputs={"z": SAMPLE, "logsnr": TIME, "class_id": cond("class_id")},
+        denoiser_inputs={"z": SAMPLE, "logsnr": TIME, "logsnr_ctx": TIME_CTX, "class_id": cond("class_id"),
+                         "feat": feature("feat0")},
+        sample_shape=(channels, image_size, image_size), prediction="eps",
+        conditioning=[Conditioning("class_id", (), "int64", null=2, num_classes=2)])
 
 
 class NanAfter(nn.Module):
@@ -46,7 +51,7 @@ class NanAfter(nn.Module):
         return torch.where(bad, torch.full_like(out, float("nan")), out)
 
 
-def make_nan_pair(threshold: float = 0.0) -> DualRatePair:
+def make_nan_pair(threshold: float = 0.0) -> DualRateModel:
     """A pair whose denoiser yields NaN from the first step with logsnr > threshold on."""
     pair = make_pair()
     pair.denoiser = NanAfter(pair.denoiser, threshold)

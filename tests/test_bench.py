@@ -10,7 +10,10 @@ import argparse
 import json
 import math
 
+import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from dualrate.exporter.errors import BackendUnavailableError, BadInputError
 from dualrate.exporter.sampling import call_plan
@@ -145,3 +148,135 @@ def test_wrong_checkpoint_is_refused(tiny_bundle, tmp_path):
                             tmp_path / "other")
     with pytest.raises(BadInputError, match="sha256"):
         bench(tiny_bundle.path, BenchOptions(target="onnxruntime", batch=1, repeats=1, checkpoint=other))
+
+
+# -- any conditioning, a decoder, a bundle exported from a model handed over in Python ---------------------
+
+class _TextEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.proj = nn.Linear(6, 4)
+
+    def forward(self, x, t, text):
+        h = self.conv(x) + self.proj(text.mean(1))[:, :, None, None] + t[:, None, None, None] / 15
+        return {"mid": torch.tanh(h)}
+
+
+class _TextDenoiser(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(5, 1, 3, padding=1)
+        self.proj = nn.Linear(6, 1)
+
+    def forward(self, x, t, t_ctx, text, mid):
+        scale = 1 + (t - t_ctx)[:, None, None, None] / 30
+        return self.conv(torch.cat([x, mid], 1)) * scale + self.proj(text.mean(1))[:, :, None, None]
+
+
+class _Upsampler(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(1, 3, 2, stride=2)
+
+    def decode(self, latent):
+        return (torch.tanh(self.conv(latent)),)
+
+
+def text_model(seed: int = 0):
+    """Embedding conditioning [3, 6] with a stored (file) null, a decoder, features by name."""
+    from dualrate.exporter.model_pair import SAMPLE, TIME, TIME_CTX, Conditioning, Decoder, DualRateModel, cond, feature
+
+    torch.manual_seed(seed)
+    return DualRateModel(
+        _TextEncoder(), _TextDenoiser(),
+        encoder_inputs={"x": SAMPLE, "t": TIME, "text": cond("text")},
+        denoiser_inputs={"x": SAMPLE, "t": TIME, "t_ctx": TIME_CTX, "text": cond("text"), "mid": feature("mid")},
+        sample_shape=(1, 8, 8), prediction="eps",
+        conditioning=[Conditioning("text", (3, 6), "float32",
+                                   null=np.linspace(-1, 1, 18, dtype=np.float32).reshape(3, 6))],
+        decoder=Decoder(_Upsampler(), input="latent", method="decode", scaling_factor=0.5)).eval()
+
+
+@pytest.fixture(scope="module")
+def fast_matmul(monkeypatch_module):
+    from dualrate.validation import bench as bench_mod
+
+    full = bench_mod.matmul_gflops
+    monkeypatch_module.setattr(bench_mod, "matmul_gflops", lambda: full(256, 1))
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def _export_text(out, **sampler):
+    from dualrate.exporter.export import ExportOptions
+    from dualrate.exporter.spec_builder import SamplerOptions
+    from dualrate.validation.export_check import export_bundle
+
+    model = text_model()
+    opts = ExportOptions(sampler=SamplerOptions(num_steps=6, refresh_params={"k": 3, "phase": 0}, **sampler))
+    return model, export_bundle(model, out, opts).bundle
+
+
+@pytest.fixture(scope="module")
+def text_bundle(tmp_path_factory):
+    return _export_text(tmp_path_factory.mktemp("text") / "bundle", guidance=2.0)
+
+
+@pytest.fixture(scope="module")
+def text_doc(text_bundle, fast_matmul):
+    model, bundle = text_bundle
+    return bench(bundle.path, BenchOptions(target="onnxruntime", batch=2, repeats=2, threads=1, model=model))
+
+
+def test_decoder_and_embedding_conditioning_are_timed_and_counted(text_doc, text_bundle):
+    model, bundle = text_bundle
+    spec, doc = bundle.spec, text_doc
+    assert bundle.manifest["source_checkpoint"] is None and spec.model.decoder is not None
+    for key in KEYS:
+        assert isinstance(doc[key], float), key
+    for path, value in _numbers(doc):
+        assert math.isfinite(value), path
+    assert set(doc["latency_ms"]) == {"encoder", "denoiser", "decoder"} and doc["latency_ms"]["decoder"] > 0
+    assert doc["torch_eager"]["latency_ms"]["decoder"] > 0 and doc["not_run"] == {}
+    batch, rows = doc["setup"]["batch"], doc["setup"]["rows_per_call"]
+    assert rows == 2 * batch
+    flops = count_graph_flops(model, spec, rows, batch, nulls=bundle.nulls())
+    assert flops == {"encoder": doc["flops"]["encoder_call"], "denoiser": doc["flops"]["denoiser_call"],
+                     "decoder": doc["flops"]["decoder_call"]}
+    assert min(flops.values()) > 0
+    # the decoder runs once per sampler run, on the batch final samples, in both call plans
+    n, m = spec.sampler.num_steps, doc["setup"]["encoder_calls"]
+    f_e, f_g, f_d = flops["encoder"], flops["denoiser"], flops["decoder"]
+    assert doc["flops"]["dual_rate_run"] == pytest.approx(m * f_e + n * f_g + f_d, rel=1e-12)
+    assert doc["flops"]["single_rate_run"] == pytest.approx(n * f_e + n * f_g + f_d, rel=1e-12)
+    assert doc["speedup_bound"] == pytest.approx(speedup_bound(n, m, f_e, f_g, f_d), rel=1e-12)
+    assert doc["decoder_gflops"] == pytest.approx(f_d / doc["latency_ms"]["decoder"] / 1e6)
+    for run in doc["runs"]["dual_rate"]:
+        assert 0 < run["graph_s"] <= run["wall_s"]
+    text = console_table(doc)
+    assert "decoder" in text and "once per sampler run" in text and "vs torch eager" in text
+
+
+def test_python_bundle_without_its_model_reports_eager_and_flops_as_not_run(tmp_path, fast_matmul):
+    # a guidance interval: the branches run as separate calls at some steps (B rows and 2B rows)
+    _, bundle = _export_text(tmp_path / "bundle", guidance=2.0, guidance_interval=(-1.0, 4.0))
+    doc = bench(bundle.path, BenchOptions(target="onnxruntime", batch=1, repeats=1, threads=1))
+    assert set(doc["not_run"]) == {"flops", "torch_eager"}
+    assert "handed over in Python" in doc["not_run"]["torch_eager"]
+    assert set(doc["times_s"]) == {"dual_rate", "single_rate"} and "vs_torch_eager" not in doc
+    assert doc["speedup_bound"] is None and doc["flops"]["encoder_call"] is None
+    assert isinstance(doc["speedup_realized"], float) and doc["latency_ms"]["decoder"] > 0
+    json.dumps(doc, allow_nan=False)
+    text = console_table(doc)
+    assert "not run" in text and "FLOPs not counted" in text and "loop overhead" in text
+
+
+def test_a_model_that_is_not_the_bundles_source_is_refused(text_bundle):
+    _, bundle = text_bundle
+    with pytest.raises(BadInputError, match="sha256"):
+        bench(bundle.path, BenchOptions(target="onnxruntime", batch=1, repeats=1, model=text_model(seed=1)))

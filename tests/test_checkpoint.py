@@ -163,7 +163,8 @@ def test_custom_factory_needs_opt_in(tmp_path):
     with pytest.raises(CheckpointError, match="--allow-factory"):
         load_checkpoint(tmp_path / "custom")
     ck = load_checkpoint(tmp_path / "custom", allow_factory=True)
-    assert ck.pair.info.prediction == "eps" and _same_weights(ck.pair, pair)
+    assert ck.pair.prediction == "eps" and _same_weights(ck.pair, pair)
+    assert ck.pair.sample_shape == pair.sample_shape and ck.pair.conditioning == pair.conditioning
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "evil"])

@@ -30,7 +30,7 @@ def test_sample_writes_identical_png_for_the_same_seed(tmp_path, tiny_checkpoint
     args = ["sample", str(tiny_checkpoint), "--class", "0,1", "-n", "3", "--steps", "6", "--guidance", "2"]
     a = run_cli(*args, "--seed", "5", "-o", str(tmp_path / "a.png"))
     assert a.returncode == 0, a.stderr
-    assert "2 classes x 3 samples, 6 steps, encoder ran at 2 steps" in a.stdout
+    assert "2 row(s) x 3 samples, 6 steps, encoder ran at 2 steps, on torch reference" in a.stdout
     b = run_cli(*args, "--seed", "5", "-o", str(tmp_path / "b.png"))
     c = run_cli(*args, "--seed", "6", "-o", str(tmp_path / "c.png"))
     data = (tmp_path / "a.png").read_bytes()
@@ -41,7 +41,8 @@ def test_sample_writes_identical_png_for_the_same_seed(tmp_path, tiny_checkpoint
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--class", "12"], "class id 12 is out of range; this model has classes 0..9"),
+    (["--class", "12"], "class id 12 is out of range for 'class_id'; this model has classes 0..9 "
+                        "(id 10 is the null class used for guidance)"),
     (["--class", "x"], "--class 'x': expected comma-separated integers"),
     (["--refresh-steps", "1,2"], "must start with step 0"),
     (["--steps", "0"], "sampler.num_steps is 0"),
@@ -77,7 +78,7 @@ def test_spec_from_diffusers_and_check(tmp_path):
     spec = json.loads((tmp_path / "spec.json").read_text())
     assert spec["sampler"]["final_step"] == "return_x0" and spec["process"]["schedule"]["family"] == "discrete"
     chk = run_cli("spec", "check", str(tmp_path / "spec.json"), "--strict")
-    assert chk.returncode == 0 and "valid spec 1.0.0; ancestral" in chk.stdout
+    assert chk.returncode == 0 and "valid spec 2.0.0; ancestral" in chk.stdout
 
 
 def test_spec_from_diffusers_unrepresentable_exits_2(tmp_path):
@@ -92,3 +93,66 @@ def test_spec_check_reports_bad_spec(tmp_path):
     (tmp_path / "s.json").write_text('{"spec": "dualrate-sampler", "spec_version": "3.1.0"}')
     res = run_cli("spec", "check", str(tmp_path / "s.json"))
     assert res.returncode == 2 and "spec_version 3.1.0 has major version 3" in res.stderr
+
+
+def test_spec_check_refuses_a_v1_spec_with_one_line_to_re_export(tmp_path, tiny_bundle):
+    data = json.loads((tiny_bundle.path / "spec.json").read_text())
+    data["spec_version"] = "1.0.0"
+    (tmp_path / "s.json").write_text(json.dumps(data))
+    res = run_cli("spec", "check", str(tmp_path / "s.json"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert res.stderr.startswith("dualrate spec: error: spec_version 1.0.0 ") and "Re-export the bundle" in res.stderr
+
+
+# --------------------------------------------------------------------------- sample -o FILE.npy, --conditioning
+
+def test_sample_bundle_writes_raw_float32_nchw_npy(tmp_path, tiny_bundle):
+    import numpy as np
+
+    import dualrate
+
+    res = run_cli("sample", str(tiny_bundle.path), "--class", "1,2", "-n", "3", "--seed", "4",
+                  "-o", str(tmp_path / "x.npy"))
+    assert res.returncode == 0, res.stderr
+    assert "2 row(s) x 3 samples, 8 steps" in res.stdout and "on onnxruntime (fp32)" in res.stdout
+    x = np.load(tmp_path / "x.npy", allow_pickle=False)
+    assert x.dtype == np.float32 and x.shape == (6, 1, 8, 8)         # [N, C, H, W], N = rows x n, grid order
+    assert np.all(np.isfinite(x)) and x.std() > 0
+    # the same samples the Python API gives for the same classes and seed, row by row
+    api = dualrate.sample(tiny_bundle.path, conditioning={"class_id": np.repeat([1, 2], 3)}, seed=4).x
+    np.testing.assert_allclose(x, api, rtol=0, atol=1e-6)
+    # --conditioning FILE.npz: one row per entry, each sampled -n times, is the same run
+    np.savez(tmp_path / "c.npz", class_id=np.array([1, 2], np.int64))
+    res = run_cli("sample", str(tiny_bundle.path), "--conditioning", str(tmp_path / "c.npz"), "-n", "3",
+                  "--seed", "4", "-o", str(tmp_path / "y.npy"))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "y.npy").read_bytes() == (tmp_path / "x.npy").read_bytes()
+
+
+@pytest.mark.parametrize("arrays,message", [
+    ({"class_id": [[1, 2, 3], [4, 5, 6]]}, "conditioning 'class_id' has shape [6, 3]; expected [batch]"),
+    ({"class_id": [0.5, 1.0]}, "conditioning 'class_id' has dtype float64 with non-integer values; expected int64"),
+    ({"label": [1, 2]}, "conditioning 'label' is not an input of this model; it takes 'class_id'"),
+    ({"class_id": [1, 2], "mask": [1, 1, 1]}, "arrays must share one first axis (rows); found [2, 3]"),
+])
+def test_sample_bad_conditioning_file_exits_2_naming_the_input(tmp_path, tiny_bundle, arrays, message):
+    import numpy as np
+
+    np.savez(tmp_path / "c.npz", **{k: np.asarray(v) for k, v in arrays.items()})
+    res = run_cli("sample", str(tiny_bundle.path), "--conditioning", str(tmp_path / "c.npz"), "-n", "3",
+                  "-o", str(tmp_path / "x.npy"))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert message in res.stderr, res.stderr
+    assert not (tmp_path / "x.npy").exists()
+
+
+def test_sample_conditioning_and_class_together_or_unreadable_exit_2(tmp_path, tiny_bundle):
+    (tmp_path / "c.npz").write_bytes(b"not a zip")
+    for extra, message in ((["--class", "1"], "give either --class or --conditioning, not both"),
+                           ([], "cannot be read as .npz without pickles")):
+        res = run_cli("sample", str(tiny_bundle.path), "--conditioning", str(tmp_path / "c.npz"), *extra,
+                      "-o", str(tmp_path / "x.npy"))
+        assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "x.npy").exists()

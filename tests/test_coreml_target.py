@@ -1,4 +1,5 @@
-"""Core ML target: conversion of both graphs (fp32, fp16), structural checks, capture fallback, refusals.
+"""Core ML target: conversion of every graph (fp32, fp16), structural checks, capture fallback, refusals,
+and the model it converts from (the source checkpoint, or ``model=`` for a bundle exported from Python).
 
 Off macOS nothing here predicts: the packages are converted, saved and inspected,
 and numeric parity is reported as not run (never as passed).
@@ -19,17 +20,17 @@ from dualrate.exporter.checkpoint import make_config, save_checkpoint
 from dualrate.exporter.errors import BackendUnavailableError, BadInputError
 from dualrate.exporter.export import ExportOptions
 from dualrate.exporter.model_config import preset
-from dualrate.exporter.onnx_export import EncoderGraph
-from dualrate.exporter.spec import GraphIO, TensorIO
+from dualrate.exporter.model_pair import SAMPLE, TIME, TIME_CTX, Conditioning, Decoder, DualRateModel, cond, feature
+from dualrate.exporter.spec import GraphIO, GuidanceSpec, TensorIO
 from dualrate.exporter.spec_builder import SamplerOptions
 from dualrate.targets.base import Compiled, get_target
-from tests.conftest import run_cli, tiny_pair, tiny_spec
+from tests.conftest import run_cli, tiny_pair
 from dualrate.validation.export_check import export_bundle
 
 pytest.importorskip("coremltools", reason="coremltools is not installed: pip install 'dualrate[coreml]'")
 
 from dualrate.targets.coreml_backend import (TARGET, PortableGroupNorm, check_fp16_preflight, convert_graph,  # noqa: E402
-                                    coreml_rows, fp16_preflight, inspect_package, portable_module)
+                                             coreml_rows, fp16_preflight, inspect_package, portable_module)
 
 pytestmark = pytest.mark.slow
 # guidance at every step: graph calls carry 2x rows, so the enumerated batch must include them
@@ -48,10 +49,11 @@ def compiled(bundle):
     return {p: TARGET.compile(bundle, p) for p in ("fp32", "fp16")}
 
 
-def test_registry_and_batch_rows(pair, bundle):
+def test_registry_and_batch_rows(bundle):
     assert get_target("coreml") is TARGET and TARGET.available() is None
     assert coreml_rows(bundle.spec, bundle.manifest) == [1, 2, 4, 8, 16]      # 2x rows + golden rows (4)
-    assert coreml_rows(tiny_spec(pair), {}) == [1, 2, 4, 8]                   # no guidance: rows = samples
+    unguided = dataclasses.replace(bundle.spec, guidance=GuidanceSpec())
+    assert coreml_rows(unguided, {}) == [1, 2, 4, 8]                          # no guidance: rows = samples
     static = dataclasses.replace(bundle.spec, model=dataclasses.replace(
         bundle.spec.model, encoder=_fixed(bundle.spec.model.encoder, 6)))
     assert coreml_rows(static, bundle.manifest) == [6]
@@ -72,6 +74,8 @@ def test_both_graphs_convert_with_torch_export_and_record_it(bundle, compiled):
             assert rec["conversion"][graph]["first_error"] is None
             assert any(f.startswith(f"{graph}.mlpackage/") for f in rec["files"])
         assert rec["source_checkpoint"]["sha256"] == bundle.manifest["source_checkpoint"]["sha256"]
+        assert rec["converted_from"] == f"checkpoint tiny sha256 {bundle.manifest['source']['sha256']}"
+        assert rec["compile_options"] == {} and sorted(rec["graph_batch_rows"]) == ["denoiser", "encoder"]
         assert rec["rewrites"]["GroupNorm as reshape-mean arithmetic (batch axis -1)"] > 0
     pre = compiled["fp16"].record["fp16_preflight"]
     assert pre["verdict"] == "ok" and set(pre["graphs"]) == {"encoder", "denoiser"}
@@ -128,11 +132,10 @@ def test_coreml_matches_pytorch_on_recorded_inputs(bundle, compiled):
     from dualrate.validation.gates import gate_for
     from dualrate.validation.graph_parity import graph_level
 
-    names = [o.name for o in bundle.spec.model.encoder.outputs]
-    vectors = {g: bundle.golden(g) for g in ("encoder_io", "denoiser_io")}
+    vectors = {f"{g}_io": bundle.golden(f"{g}_io") for g in bundle.graph_names()}
     for precision, c in compiled.items():
         runner = TARGET.open_runner(bundle, c)
-        results = graph_level(runner, vectors, names, gate_for(c.effective_precision))
+        results = graph_level(runner, vectors, gate_for(c.effective_precision))
         assert all(r.passed for r in results), [r.to_dict() for r in results if not r.passed]
 
 
@@ -188,12 +191,12 @@ def test_every_path_failing_is_one_clear_error():
 
 
 def test_portable_group_norm_is_group_norm(pair):
-    encoder, swapped = portable_module(EncoderGraph(pair.encoder))
+    encoder, swapped = portable_module(pair.bound_encoder())
     assert swapped == 10 and not any(isinstance(m, nn.GroupNorm) for m in encoder.modules())
     assert any(isinstance(m, nn.GroupNorm) for m in pair.encoder.modules())     # the original is untouched
     example = (torch.randn(4, 1, 8, 8), torch.linspace(-5, 5, 4), torch.arange(4))
     with torch.no_grad():
-        for got, want in zip(encoder(*example), EncoderGraph(pair.encoder)(*example)):
+        for got, want in zip(encoder(*example), pair.bound_encoder()(*example)):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     gn = nn.GroupNorm(4, 16)
     with torch.no_grad():
@@ -235,10 +238,134 @@ def test_checkpoint_must_be_the_one_the_bundle_came_from(bundle, tmp_path):
     assert not list(tmp_path.glob("*.mlpackage"))
 
 
+def test_cli_compile_refuses_a_python_bundle_without_the_model(named):
+    _, bundle = named
+    res = run_cli("compile", str(bundle.path), "--target", "coreml")
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "exported from a Python model" in res.stderr and "model=model" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
 def test_cli_compile_reuses_the_cache(bundle, compiled):
     res = run_cli("compile", str(bundle.path), "--target", "coreml")
     assert res.returncode == 0, res.stderr
     assert "effective fp32" in res.stdout and "Traceback" not in res.stderr
+
+
+# -- a bundle exported from Python: other input names, dict features, a decoder ----------------------------
+class Enc(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.label = nn.Conv2d(2, 8, 3, padding=1), nn.Embedding(4, 8)
+        self.norm = nn.GroupNorm(2, 8)
+
+    def forward(self, x, noise_level, label):
+        freqs = torch.arange(1, 5, dtype=torch.float32) * 3.14159
+        arg = noise_level[:, None] * freqs
+        emb = torch.cat([torch.sin(arg), torch.cos(arg)], 1) + self.label(label)
+        h = torch.tanh(self.norm(self.conv(x)) + emb[:, :, None, None])
+        return {"mid": h, "low": nn.functional.avg_pool2d(h, 2)}
+
+
+class Den(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2 + 16, 2, 3, padding=1)
+
+    def forward(self, x, noise_level, cached_level, label, mid, low):
+        scale = (1 + noise_level - cached_level)[:, None, None, None]
+        return self.conv(torch.cat([x, mid * scale, nn.functional.interpolate(low, scale_factor=2.0)], 1))
+
+
+class Dec(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+
+    def decode(self, latent):
+        return (torch.tanh(self.conv(latent)),)
+
+
+def named_model(seed: int = 0) -> DualRateModel:
+    torch.manual_seed(seed)
+    return DualRateModel(
+        Enc(), Den(),
+        encoder_inputs={"x": SAMPLE, "noise_level": TIME, "label": cond("label")},
+        denoiser_inputs={"x": SAMPLE, "noise_level": TIME, "cached_level": TIME_CTX, "label": cond("label"),
+                         "mid": feature("mid"), "low": feature("low")},
+        sample_shape=(2, 8, 8), prediction="v", time="t",
+        conditioning=[Conditioning("label", (), "int64", null=3, num_classes=3)],
+        decoder=Decoder(Dec(), input="latent", method="decode", scaling_factor=0.5)).eval()
+
+
+@pytest.fixture(scope="module")
+def named(tmp_path_factory):
+    model = named_model()
+    return model, export_bundle(model, tmp_path_factory.mktemp("coreml-named") / "bundle", OPTS).bundle
+
+
+def test_a_python_bundle_converts_every_graph_from_the_model(named):
+    model, bundle = named
+    assert bundle.graph_names() == ["encoder", "denoiser", "decoder"] and bundle.manifest["source_checkpoint"] is None
+    sha = bundle.manifest["source"]["sha256"]
+    compiled = TARGET.compile(bundle, "fp16", model=model)
+    rec = compiled.record
+    assert rec["converted_from"] == f"python model sha256 {sha}" and rec["source_checkpoint"] is None
+    assert rec["source"] == {"kind": "python", "name": bundle.manifest["source"]["name"], "sha256": sha}
+    # the model enters the cache key (and compile.json) as its weights' sha256, not as an object
+    assert rec["compile_options"] == {"model": f"python model sha256 {sha}"}
+    assert json.loads((compiled.path / "compile.json").read_text())["compile_options"] == rec["compile_options"]
+    assert set(rec["conversion"]) == {"encoder", "denoiser", "decoder"}
+    assert all(c["path"] == "torch.export" for c in rec["conversion"].values())
+    assert set(rec["fp16_preflight"]["graphs"]) == {"encoder", "denoiser", "decoder"}
+    assert rec["graph_batch_rows"]["decoder"] == rec["batch_rows"]
+    checks = TARGET.structural_checks(bundle, compiled)
+    assert len(checks) == 18 and not [c for c in checks if not c["passed"]], checks
+    detail = {ch["name"]: ch["detail"] for ch in checks}
+    assert "inputs ['x', 'noise_level', 'cached_level', 'label', 'mid', 'low']" in detail["denoiser: I/O names"]
+    assert "inputs ['latent'], outputs ['decoded']" in detail["decoder: I/O names"]
+    # the same model again: the cache is reused
+    again = TARGET.compile(bundle, "fp16", model=named_model())
+    assert again.record == rec
+    wrong_rows = TARGET.structural_checks(bundle, Compiled(compiled.path, {**rec, "batch_rows": [1, 2]}))
+    assert {c["name"] for c in wrong_rows if not c["passed"]} == {f"{g}: I/O shapes" for g in bundle.graph_names()}
+    if not ON_MAC:
+        with pytest.raises(BackendUnavailableError, match="requires macOS"):
+            TARGET.open_runner(bundle, compiled)
+
+
+def test_a_python_bundle_needs_its_own_model(named, bundle, tmp_path):
+    model, pybundle = named
+    with pytest.raises(BadInputError, match=r"exported from a Python model \(Enc\+Den\+Dec, weights sha256 .*\), not "
+                                            r"a checkpoint: pass that model, dualrate\.compile\(bundle, "
+                                            r"target='coreml', model=model\)"):
+        TARGET.compile(pybundle, "fp32")
+    with pytest.raises(BadInputError, match=r"model= has weights sha256 .*, but bundle .* was exported from "
+                                            r"Enc\+Den\+Dec with sha256 .*; pass the model the bundle was exported"):
+        TARGET.compile(pybundle, "fp32", model=named_model(seed=1))
+    with pytest.raises(BadInputError, match="model= is a str; expected the dualrate.DualRateModel"):
+        TARGET.compile(pybundle, "fp32", model="model.pt")
+    with pytest.raises(BadInputError, match="pass model= or checkpoint=, not both"):
+        TARGET.compile_into(pybundle, "fp32", tmp_path, model=model, checkpoint=tmp_path)
+    # a checkpoint's bundle: the model's weights are not the checkpoint's sha256, so the checkpoint is the way
+    with pytest.raises(BadInputError, match=r"was exported from the checkpoint tiny: pass checkpoint=PATH"):
+        TARGET.compile_into(bundle, "fp32", tmp_path, model=model)
+    assert not list(tmp_path.glob("*.mlpackage")) and not pybundle.target_dir("coreml", "fp32").exists()
+
+
+@pytest.mark.skipif(not ON_MAC or TARGET.numeric_unavailable() is not None,
+                    reason=f"Core ML prediction unavailable: {TARGET.numeric_unavailable()}")
+def test_coreml_matches_pytorch_on_every_graph_of_a_python_bundle(named):
+    from dualrate.validation.gates import gate_for
+    from dualrate.validation.graph_parity import graph_level
+
+    model, bundle = named
+    compiled = TARGET.compile(bundle, "fp32", model=model)
+    runner = TARGET.open_runner(bundle, compiled)
+    vectors = {f"{g}_io": bundle.golden(f"{g}_io") for g in bundle.graph_names()}
+    results = graph_level(runner, vectors, gate_for("fp32"))
+    assert {r.graph for r in results} == {"encoder", "denoiser", "decoder"}
+    assert all(r.passed for r in results), [r.to_dict() for r in results if not r.passed]
 
 
 def _fixed(gio: GraphIO, rows: int) -> GraphIO:

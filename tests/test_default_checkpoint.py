@@ -17,7 +17,8 @@ def test_shipped_checkpoint_is_small_and_loads():
     size = sum(p.stat().st_size for p in DEFAULT_CHECKPOINT.iterdir())
     assert size <= 20 * 2 ** 20
     ck = load_checkpoint(DEFAULT_CHECKPOINT)
-    assert ck.config["model"]["size"] == "digits" and ck.pair.info.num_classes == 10
+    assert ck.config["model"]["size"] == "digits" and ck.pair.conditioning[0].num_classes == 10
+    assert ck.pair.sample_shape == (1, 16, 16) and ck.pair.conditioning[0].null == 10
     assert ck.config["training"]["minutes"] <= 30
 
 

@@ -38,7 +38,7 @@ def bundle(tmp_path_factory, tiny_checkpoint):
     return res
 
 
-def test_bundle_layout_and_manifest(bundle):
+def test_bundle_layout_and_manifest(bundle, tiny_checkpoint):
     root = bundle.bundle.path
     names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     assert names == ["denoiser.onnx", "encoder.onnx", "golden/calibration.npz", "golden/denoiser_io.npz",
@@ -46,13 +46,19 @@ def test_bundle_layout_and_manifest(bundle):
                      "golden/every_step_seed0.npz",
                      "golden/trajectory_seed0.npz", "golden/trajectory_seed1.npz", "manifest.json", "spec.json"]
     man = json.loads((root / "manifest.json").read_text())
+    assert man["format"] == "dualrate-bundle" and man["format_version"] == 2
     assert set(man["files"]) == set(names) - {"manifest.json"}
-    assert man["source_checkpoint"]["sha256"] == bundle.bundle.spec.provenance["checkpoint_sha256"]
+    ckpt = load_checkpoint(tiny_checkpoint)
+    assert man["source"] == {"kind": "checkpoint", "name": "tiny", "sha256": ckpt.sha256,
+                             "path": str(tiny_checkpoint.resolve())}
+    assert man["source_checkpoint"] == man["source"]
+    assert bundle.bundle.spec.provenance == {"source_sha256": ckpt.sha256, "source": "tiny"}
     assert {"dualrate", "torch", "onnx", "numpy"} <= set(man["versions"])
     assert man["export_options"]["sampler"]["num_steps"] == 8
     traj = bundle.bundle.golden("trajectory_seed1")
     assert traj["z"].shape == (8, 2, 1, 8, 8) and list(traj["refresh_cond"]) == [0, 3, 6]
-    assert list(traj["refresh_uncond"]) == [0, 3, 6] and list(traj["class_id"]) == [2, 3]
+    assert list(traj["refresh_uncond"]) == [0, 3, 6] and list(traj["cond.class_id"]) == [2, 3]
+    assert traj["cond.class_id"].dtype == np.int64 and "decoded" not in traj
 
 
 def test_graphs_keep_the_declared_signature_with_a_dynamic_batch(bundle):
@@ -61,7 +67,10 @@ def test_graphs_keep_the_declared_signature_with_a_dynamic_batch(bundle):
         m = onnx.load(str(bundle.bundle.graph(graph)))
         assert [i.name for i in m.graph.input] == [i.name for i in io.inputs]
         assert all(i.type.tensor_type.shape.dim[0].dim_param for i in m.graph.input)
-    assert [i.name for i in spec.model.denoiser.inputs] == ["z", "logsnr", "logsnr_ctx", "class_id", "feat0", "feat1"]
+    assert [(i.name, i.feeds) for i in spec.model.denoiser.inputs] == [
+        ("z", "sample"), ("logsnr", "time"), ("logsnr_ctx", "time_ctx"), ("class_id", "cond:class_id"),
+        ("feat0", "feature:feat0"), ("feat1", "feature:feat1")]
+    assert not (bundle.bundle.path / "decoder.onnx").exists() and bundle.bundle.graph_names() == ["encoder", "denoiser"]
 
 
 def test_export_parity_figures_pass_fp32_gates(bundle):
@@ -82,15 +91,33 @@ def test_ort_runner_keeps_features_as_ort_values(bundle):
     target = get_target("onnxruntime")
     runner = target.open_runner(bundle.bundle, target.compile(bundle.bundle))
     spec = bundle.bundle.spec
-    feats = runner.encode(np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, np.float32), np.zeros(2, np.int64))
-    assert all(isinstance(f, ort.OrtValue) for f in feats)
-    out = runner.denoise(np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, np.float32), np.zeros(2, np.float32),
-                         np.zeros(2, np.int64), feats)
-    assert out.shape == (2, 1, 8, 8)
-    with pytest.raises(BadInputError, match="onnxruntime rejected the encoder inputs"):
-        runner.encode(np.zeros((2, 3, 8, 8), np.float32), np.zeros(2, np.float32), np.zeros(2, np.int64))
-    with pytest.raises(BadInputError, match="onnxruntime rejected the encoder inputs"):
-        runner.encode(np.zeros((2, 1, 8, 8), np.float64), np.zeros(2, np.float32), np.zeros(2, np.int64))
+    z, t, cls = np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, np.float32), np.zeros(2, np.int64)
+    feats = runner.encode({"z": z, "logsnr": t, "class_id": cls})
+    assert list(feats) == ["feat0", "feat1"] and all(isinstance(f, ort.OrtValue) for f in feats.values())
+    out = runner.denoise({"z": z, "logsnr": t, "logsnr_ctx": t, "class_id": cls, **feats})
+    assert isinstance(out, np.ndarray) and out.shape == (2, 1, 8, 8) and out.dtype == np.float32
+    host = runner.features_to_numpy(feats)
+    assert {k: v.shape for k, v in host.items()} == {"feat0": (2, 16, 8, 8), "feat1": (2, 32, 4, 4)}
+    # inputs are checked by name against the spec before ONNX Runtime sees them: one line each
+    bad = {"shape": ({"z": np.zeros((2, 3, 8, 8), np.float32), "logsnr": t, "class_id": cls},
+                     "encoder: input 'z' has shape [2, 3, 8, 8]; the graph takes ['batch', 1, 8, 8]"),
+           "dtype": ({"z": z.astype(np.float64), "logsnr": t, "class_id": cls},
+                     "encoder: input 'z' has dtype float64; the graph takes float32"),
+           "missing": ({"z": z, "logsnr": t}, "encoder: input(s) ['class_id'] were not fed"),
+           "extra": ({"z": z, "logsnr": t, "class_id": cls, "label": cls},
+                     "encoder: fed ['label'], which the graph does not take"),
+           "rows": ({"z": z, "logsnr": np.zeros(3, np.float32), "class_id": cls},
+                    "encoder: input 'logsnr' has 3 rows; other inputs have 2")}
+    for case, (feeds, message) in bad.items():
+        with pytest.raises(BadInputError) as info:
+            runner.encode(feeds)
+        assert message in str(info.value) and "\n" not in str(info.value), (case, str(info.value))
+    # what only the runtime can see (a cached OrtValue of another batch) is one line naming the runtime and graph
+    feats3 = runner.encode({"z": np.zeros((3, 1, 8, 8), np.float32), "logsnr": np.zeros(3, np.float32),
+                            "class_id": np.zeros(3, np.int64)})
+    with pytest.raises(BadInputError, match=r"^onnxruntime could not run the denoiser graph: ") as info:
+        runner.denoise({"z": z, "logsnr": t, "logsnr_ctx": t, "class_id": cls, **feats3})
+    assert "\n" not in str(info.value)
     assert spec.model.encoder.outputs[0].name == "feat0"
 
 
@@ -100,7 +127,7 @@ def test_ort_samples_match_pytorch_at_60_db(bundle, pair):
     runner = target.open_runner(b, target.compile(b))
     labels = np.arange(6) % 10
     ort_x = sample(runner, b.spec, labels, spec_noise(b.spec, 6, seed=3)).x
-    ref_x = sample(TorchReferenceRunner(pair), b.spec, labels, spec_noise(b.spec, 6, seed=3)).x
+    ref_x = sample(TorchReferenceRunner(pair, b.spec), b.spec, labels, spec_noise(b.spec, 6, seed=3)).x
     m = compare(ort_x, ref_x)
     assert m.psnr_db >= 60.0, m
 
@@ -172,8 +199,8 @@ def test_pruned_input_is_caught(tmp_path):
     """The TorchScript exporter drops inputs the model ignores; the signature check must see it."""
     import warnings
 
-    from dualrate.exporter.onnx_export import DenoiserGraph, check_graph
-    from dualrate.exporter.spec_builder import graph_io
+    from dualrate.exporter.export import spec_for_model
+    from dualrate.exporter.onnx_export import check_graph
     from tests.custom_pair import make_pair
 
     class IgnoresContext(torch.nn.Module):
@@ -185,14 +212,18 @@ def test_pruned_input_is_caught(tmp_path):
             return self.inner(z, logsnr, logsnr, class_id, feat)     # logsnr_ctx unused
 
     pair = make_pair()
-    _, den_io = graph_io(pair.info, [(4, 8, 8)])
+    spec = spec_for_model(pair, SamplerOptions(num_steps=2), {})
+    den_io = spec.model.denoiser
+    assert [i.name for i in den_io.inputs] == ["z", "logsnr", "logsnr_ctx", "class_id", "feat0"]
+    pair.denoiser = IgnoresContext(pair.denoiser)
+    bound = pair.bound_denoiser(["feat0"])
     args = (torch.zeros(2, 1, 8, 8), torch.zeros(2), torch.zeros(2), torch.zeros(2, dtype=torch.int64),
             torch.zeros(2, 4, 8, 8))
     path = tmp_path / "denoiser.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(DenoiserGraph(IgnoresContext(pair.denoiser)), args, str(path), dynamo=False,
-                          input_names=[i.name for i in den_io.inputs], output_names=["prediction"],
+        torch.onnx.export(bound, args, str(path), dynamo=False, input_names=[i.name for i in den_io.inputs],
+                          output_names=["prediction"],
                           dynamic_axes={n.name: {0: "batch"} for n in (*den_io.inputs, *den_io.outputs)})
     with pytest.raises(BadInputError, match=r"denoiser: declared input\(s\) \['logsnr_ctx', 'class_id'\] did not survive export"):
         check_graph(path, den_io, dynamic_batch=True, batch=2)
@@ -213,7 +244,7 @@ def test_forced_external_data_and_static_batch(tiny_checkpoint, tmp_path):
     runner = target.open_runner(res.bundle, compiled)
     x = sample(runner, res.bundle.spec, [0, 1, 2], spec_noise(res.bundle.spec, 3)).x
     assert np.all(np.isfinite(x))
-    with pytest.raises(BadInputError, match="onnxruntime rejected"):
+    with pytest.raises(BadInputError, match=r"encoder: input 'z' has shape \[2, 1, 8, 8\]; the graph takes \[3, 1, 8, 8\]"):
         sample(runner, res.bundle.spec, [0, 1], spec_noise(res.bundle.spec, 2))
 
 

@@ -14,10 +14,14 @@ import time
 import numpy as np
 import onnx
 import pytest
+import torch
+from torch import nn
 
-from dualrate.exporter.bundle import GRAPHS, open_bundle, write_manifest
+from dualrate.exporter.bundle import open_bundle, write_manifest
 from dualrate.exporter.errors import BackendUnavailableError, BadInputError
 from dualrate.exporter.export import ExportOptions
+from dualrate.exporter.model_pair import SAMPLE, TIME, TIME_CTX, Conditioning, Decoder, DualRateModel, cond, feature
+from dualrate.exporter.runner import graph_feeds, role_values
 from dualrate.exporter.sampling import sample, spec_noise
 from dualrate.exporter.spec_builder import SamplerOptions
 from dualrate.exporter.torch_runner import TorchReferenceRunner
@@ -51,12 +55,13 @@ def target():
 
 @pytest.fixture(scope="module")
 def vectors(bundle):
-    return {g: bundle.golden(g) for g in ("encoder_io", "denoiser_io")}
+    return {f"{g}_io": bundle.golden(f"{g}_io") for g in bundle.graph_names()}
 
 
 @pytest.fixture(scope="module")
 def reference_samples(bundle, pair):
-    return sample(TorchReferenceRunner(pair), bundle.spec, LABELS, spec_noise(bundle.spec, len(LABELS), seed=SEED)).x
+    return sample(TorchReferenceRunner(pair, bundle.spec), bundle.spec, LABELS,
+                  spec_noise(bundle.spec, len(LABELS), seed=SEED)).x
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +79,10 @@ def bf16(bundle, target):
     return compiled, target.open_runner(bundle, compiled)
 
 
-def feature_names(bundle) -> list[str]:
-    return [o.name for o in bundle.spec.model.encoder.outputs]
+def feeds(spec, graph: str, z, lam, cls, features=None, lam_ctx=None) -> dict:
+    """The feeds of one call by input name, from role values (as the sampler builds them)."""
+    values = role_values(z, lam, lam if lam_ctx is None else lam_ctx, {"class_id": cls}, features)
+    return graph_feeds(spec.model.graphs()[graph], values)
 
 
 def parity_report(label: str, results) -> None:
@@ -103,7 +110,8 @@ def test_fp32_is_forced_and_the_record_says_so(bundle, target, fp32):
     assert rec["properties"]["PERFORMANCE_HINT"] == "LATENCY" and rec["properties"]["NUM_STREAMS"] == "1"
     assert rec["device"] == ov.Core().get_property("CPU", "FULL_DEVICE_NAME")
     assert rec["runtime_version"] == ov.__version__ and rec["weights_compressed_to_fp16"] is False
-    for g in ("encoder", "denoiser"):
+    assert sorted(rec["graphs"]) == sorted(bundle.graph_names()) == ["denoiser", "encoder"]
+    for g in bundle.graph_names():
         info = rec["graphs"][g]
         assert info["inference_precision_hint"] == "f32" and info["properties_read_back"]["INFERENCE_PRECISION_HINT"] == "f32"
         assert set(info["executed_layer_precisions"]) == {"f32"}, info     # not one layer lowered
@@ -124,7 +132,7 @@ def test_the_cpu_plugin_default_would_not_be_fp32_here(bundle, fp32):
 
 def test_fp32_graph_parity_and_sampling_match_pytorch(bundle, fp32, vectors, reference_samples):
     compiled, runner = fp32
-    results = graph_level(runner, vectors, feature_names(bundle), gate_for("fp32"))
+    results = graph_level(runner, vectors, gate_for("fp32"))
     parity_report("fp32", results)
     assert {(r.graph, r.output) for r in results} == {("encoder", "feat0"), ("encoder", "feat1"),
                                                       ("denoiser", "prediction")}
@@ -140,11 +148,14 @@ def test_bf16_is_read_back_passes_bf16_gates_and_fails_fp32_gates(bundle, bf16, 
     compiled, runner = bf16
     rec = compiled.record
     assert rec["requested_precision"] == rec["effective_precision"] == "bf16" and runner.effective_precision == "bf16"
-    for g in ("encoder", "denoiser"):
+    for g in bundle.graph_names():
         info = rec["graphs"][g]
         assert info["inference_precision_hint"] == "bf16" and info["executed_layer_precisions"].get("bf16", 0) > 0
         assert info["kept_f32"] and info["kept_f32_executed"].get("f32", 0) > 0    # sin/cos arguments stay f32
-    results = graph_level(runner, vectors, feature_names(bundle), gate_for("bf16"))
+    # the time inputs are found by their role, not their name
+    assert rec["graphs"]["encoder"]["time_inputs"] == ["logsnr"]
+    assert rec["graphs"]["denoiser"]["time_inputs"] == ["logsnr", "logsnr_ctx"]
+    results = graph_level(runner, vectors, gate_for("bf16"))
     parity_report("bf16", results)
     assert all(r.passed for r in results), [r.reasons for r in results]
     # the SAME numbers judged as if the backend had claimed fp32: every output must fail
@@ -173,7 +184,7 @@ def test_fp16_record_is_what_the_plugin_reports(bundle, target, vectors, referen
     rec = compiled.record
     runner = target.open_runner(bundle, compiled)
     core = ov.Core()
-    for g in ("encoder", "denoiser"):
+    for g in bundle.graph_names():
         model = core.compile_model(str(compiled.path / f"{g}.xml"), "CPU", rec["properties"])
         really = model.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         assert rec["graphs"][g]["inference_precision_hint"] == really
@@ -182,7 +193,7 @@ def test_fp16_record_is_what_the_plugin_reports(bundle, target, vectors, referen
         assert "note" in rec and f"runs {rec['effective_precision']}" in rec["note"]
     else:
         assert "note" not in rec
-    results = graph_level(runner, vectors, feature_names(bundle), gate_for(rec["effective_precision"]))
+    results = graph_level(runner, vectors, gate_for(rec["effective_precision"]))
     parity_report(f"fp16 (effective {rec['effective_precision']})", results)
     assert all(r.passed for r in results), [r.reasons for r in results]
     x, seconds = sample_on(runner, bundle)
@@ -194,44 +205,47 @@ def test_fp16_record_is_what_the_plugin_reports(bundle, target, vectors, referen
 
 def test_features_are_ov_tensors_that_outlive_the_next_encode(bundle, fp32):
     _, runner = fp32
+    spec = bundle.spec
     rng = np.random.default_rng(0)
     z = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
     lam = np.full(2, 0.5, np.float32)
-    cond = runner.encode(z, lam, np.array([1, 2], np.int64))
-    assert all(isinstance(f, ov.Tensor) for f in cond)
-    saved = [f.copy() for f in runner.features_to_numpy(cond)]
+    cls, other = np.array([1, 2], np.int64), np.array([10, 10], np.int64)
+    cond = runner.encode(feeds(spec, "encoder", z, lam, cls))
+    assert list(cond) == ["feat0", "feat1"] and all(isinstance(f, ov.Tensor) for f in cond.values())
+    saved = {k: v.copy() for k, v in runner.features_to_numpy(cond).items()}
     # the other guidance branch refreshes on the same request: it must not write into cond's tensors
-    uncond = runner.encode(-z, lam, np.array([10, 10], np.int64))
-    after = runner.features_to_numpy(cond)
-    for before, now, other in zip(saved, after, runner.features_to_numpy(uncond)):
-        np.testing.assert_array_equal(now, before)
-        assert not np.allclose(now, other)
+    uncond = runner.encode(feeds(spec, "encoder", -z, lam, other))
+    after, theirs = runner.features_to_numpy(cond), runner.features_to_numpy(uncond)
+    for name, before in saved.items():
+        np.testing.assert_array_equal(after[name], before)
+        assert not np.allclose(after[name], theirs[name])
     # zero-copy tensors and numpy copies of them give the same prediction
-    args = (z, lam, lam, np.array([1, 2], np.int64))
-    np.testing.assert_array_equal(runner.denoise(*args, cond), runner.denoise(*args, saved))
-    first = runner.denoise(*args, cond)
-    runner.denoise(-z, lam, lam, np.array([10, 10], np.int64), uncond)
-    np.testing.assert_array_equal(first, runner.denoise(*args, cond))   # predictions are not aliased either
+    native = feeds(spec, "denoiser", z, lam, cls, cond)
+    np.testing.assert_array_equal(runner.denoise(native), runner.denoise(feeds(spec, "denoiser", z, lam, cls, saved)))
+    first = runner.denoise(native)
+    runner.denoise(feeds(spec, "denoiser", -z, lam, other, uncond))
+    np.testing.assert_array_equal(first, runner.denoise(native))   # predictions are not aliased either
 
 
 def test_row_counts_run_on_static_copies_that_match_the_dynamic_graph(bundle, fp32):
     """The CPU plugin runs fixed shapes faster; the copies must compute what the dynamic graph computes."""
     _, runner = fp32
-    graph = runner._enc
+    graph = runner._graphs["encoder"]
     rng = np.random.default_rng(1)
     for rows in (1, 3, 2, 5, 6, 7):                         # more row counts than it keeps compiled
         z = rng.standard_normal((rows, 1, 8, 8)).astype(np.float32)
         lam = np.full(rows, 0.25, np.float32)
         cls = np.arange(rows, dtype=np.int64) % 10
-        specialized = runner.features_to_numpy(runner.encode(z, lam, cls))
+        call = feeds(bundle.spec, "encoder", z, lam, cls)
+        specialized = runner.features_to_numpy(runner.encode(call))
         assert graph.request is not graph._dynamic_request
         dynamic = graph._dynamic_request
-        for i, value in enumerate((z, lam, cls)):
-            dynamic.set_input_tensor(i, ov.Tensor(np.ascontiguousarray(value)))
+        for name, value in call.items():                    # bound by name, as the runner binds them
+            dynamic.set_tensor(name, ov.Tensor(np.ascontiguousarray(value)))
         dynamic.infer()
-        for got, port in zip(specialized, graph.outputs):
+        for name, got in specialized.items():
             # fp32 both ways; only the summation order of the kernels differs
-            assert compare(got, dynamic.get_tensor(port).data).rel_l2 <= 1e-5
+            assert compare(got, dynamic.get_tensor(name).data).rel_l2 <= 1e-5
     assert list(graph._by_rows) == [2, 5, 6, 7] and len(graph._by_rows) == graph.MAX_SPECIALIZED
 
 
@@ -245,22 +259,27 @@ def test_compile_cache_is_reused(bundle, target, fp32):
     assert time.perf_counter() - start < 2.0
 
 
-def test_bad_inputs_are_bad_input_errors_naming_the_graph(fp32):
+def test_bad_inputs_are_bad_input_errors_naming_the_graph(bundle, fp32):
     _, runner = fp32
+    spec = bundle.spec
     lam, cls = np.zeros(2, np.float32), np.zeros(2, np.int64)
-    with pytest.raises(BadInputError, match=r"openvino rejected the encoder inputs: input 'z' has shape \(2, 3, 8, 8\), "
-                                            r"expected \('\?', 1, 8, 8\)"):
-        runner.encode(np.zeros((2, 3, 8, 8), np.float32), lam, cls)
-    with pytest.raises(BadInputError, match="encoder inputs: input 'z' has dtype float64, expected float32"):
-        runner.encode(np.zeros((2, 1, 8, 8)), lam, cls)
-    with pytest.raises(BadInputError, match="encoder inputs: input 'class_id' has batch 3, other inputs have 2"):
-        runner.encode(np.zeros((2, 1, 8, 8), np.float32), lam, np.zeros(3, np.int64))
-    feats = runner.encode(np.zeros((2, 1, 8, 8), np.float32), lam, cls)
-    with pytest.raises(BadInputError, match="denoiser inputs: 1 feature tensors given, the graph takes 2"):
-        runner.denoise(np.zeros((2, 1, 8, 8), np.float32), lam, lam, cls, feats[:1])
-    with pytest.raises(BadInputError, match="denoiser inputs: input 'feat0' has batch 2, other inputs have 3"):
-        runner.denoise(np.zeros((3, 1, 8, 8), np.float32), np.zeros(3, np.float32), np.zeros(3, np.float32),
-                       np.zeros(3, np.int64), feats)
+    with pytest.raises(BadInputError, match=r"encoder: input 'z' has shape \[2, 3, 8, 8\]; the graph takes "
+                                            r"\['batch', 1, 8, 8\]"):
+        runner.encode(feeds(spec, "encoder", np.zeros((2, 3, 8, 8), np.float32), lam, cls))
+    with pytest.raises(BadInputError, match="encoder: input 'z' has dtype float64; the graph takes float32"):
+        runner.encode(feeds(spec, "encoder", np.zeros((2, 1, 8, 8)), lam, cls))
+    with pytest.raises(BadInputError, match="encoder: input 'class_id' has 3 rows; other inputs have 2"):
+        runner.encode(feeds(spec, "encoder", np.zeros((2, 1, 8, 8), np.float32), lam, np.zeros(3, np.int64)))
+    feats = runner.encode(feeds(spec, "encoder", np.zeros((2, 1, 8, 8), np.float32), lam, cls))
+    short = feeds(spec, "denoiser", np.zeros((2, 1, 8, 8), np.float32), lam, cls, feats)
+    del short["feat1"]
+    with pytest.raises(BadInputError, match=r"denoiser: input\(s\) \['feat1'\] were not fed"):
+        runner.denoise(short)
+    # features kept as ov.Tensors are checked by the runner itself, and the message is one line
+    with pytest.raises(BadInputError, match=r"^openvino could not run the denoiser graph: input 'feat0' has batch 2, "
+                                            r"other inputs have 3$"):
+        runner.denoise(feeds(spec, "denoiser", np.zeros((3, 1, 8, 8), np.float32), np.zeros(3, np.float32),
+                             np.zeros(3, np.int64), feats))
 
 
 def static_copy(bundle, dest, rows: int):
@@ -270,14 +289,17 @@ def static_copy(bundle, dest, rows: int):
     sees the same thing either way: ONNX graphs whose inputs and outputs have a static batch.
     """
     shutil.copytree(bundle.path, dest, ignore=shutil.ignore_patterns("targets", "manifest.json"))
-    for g in GRAPHS:
+    for g in bundle.graph_names():
         model = onnx.load(str(dest / f"{g}.onnx"))
         del model.graph.value_info[:]
         for v in (*model.graph.input, *model.graph.output):
             v.type.tensor_type.shape.dim[0].dim_value = rows      # replaces the "batch" dim_param
         onnx.save(model, str(dest / f"{g}.onnx"))
     spec = json.loads((dest / "spec.json").read_text())
-    for io in (spec["model"]["encoder"], spec["model"]["denoiser"]):
+    graphs = [spec["model"]["encoder"], spec["model"]["denoiser"]]
+    if spec["model"].get("decoder"):
+        graphs.append(spec["model"]["decoder"]["graph"])
+    for io in graphs:
         for t in (*io["inputs"], *io["outputs"]):
             t["shape"] = [rows if d == "batch" else d for d in t["shape"]]
     (dest / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
@@ -294,14 +316,15 @@ def test_static_batch_bundle(bundle, target, vectors, tmp_path, pair):
     model = ov.Core().read_model(str(compiled.path / "encoder.xml"))
     assert model.inputs[0].get_partial_shape().is_static and model.inputs[0].get_shape()[0] == rows
     runner = target.open_runner(static, compiled)
-    results = graph_level(runner, vectors, feature_names(static), gate_for("fp32"))
+    results = graph_level(runner, vectors, gate_for("fp32"))
     assert all(r.passed for r in results), [r.reasons for r in results]
     batch = rows // 2                                           # guided everywhere: cond + uncond rows per call
     x = sample(runner, static.spec, LABELS[:batch], spec_noise(static.spec, batch, seed=SEED)).x
-    ref = sample(TorchReferenceRunner(pair), static.spec, LABELS[:batch], spec_noise(static.spec, batch, seed=SEED)).x
+    ref = sample(TorchReferenceRunner(pair, static.spec), static.spec, LABELS[:batch],
+                 spec_noise(static.spec, batch, seed=SEED)).x
     assert x.shape == (batch, 1, 8, 8) and compare(x, ref).psnr_db >= 60.0
-    with pytest.raises(BadInputError, match=rf"openvino rejected the encoder inputs: input 'z' has shape "
-                                            rf"\({rows + 2}, 1, 8, 8\), expected \({rows}, 1, 8, 8\)"):
+    with pytest.raises(BadInputError, match=rf"encoder: input 'z' has shape \[{rows + 2}, 1, 8, 8\]; the graph "
+                                            rf"takes \[{rows}, 1, 8, 8\]"):
         sample(runner, static.spec, LABELS[:batch + 1], spec_noise(static.spec, batch + 1))
 
 
@@ -312,3 +335,130 @@ def test_missing_openvino_gives_the_install_hint():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "pip install 'dualrate[openvino]'" in out.stdout
+
+
+# -- a model whose inputs are named otherwise, with a decoder ----------------------------------------------
+class TimeFourier(nn.Module):
+    """sin/cos of a continuous time t in [0, 1] through a fixed Fourier projection (a MatMul), then an MLP."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("w", torch.linspace(1.0, 64.0, dim // 2)[None] * 6.2831853)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t):
+        arg = (t[:, None] * 1000.0) @ self.w / 1000.0
+        return self.mlp(torch.cat([torch.sin(arg), torch.cos(arg)], 1))
+
+
+class NamedEncoder(nn.Module):
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.time, self.label = TimeFourier(width), nn.Embedding(4, width)
+        self.conv, self.down = nn.Conv2d(2, width, 3, padding=1), nn.Conv2d(width, width, 3, stride=2, padding=1)
+
+    def forward(self, x, noise_level, label):
+        h = torch.tanh(self.conv(x) + (self.time(noise_level) + self.label(label))[:, :, None, None])
+        return {"mid": h, "low": torch.tanh(self.down(h))}
+
+
+class NamedDenoiser(nn.Module):
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.time, self.ctx, self.label = TimeFourier(width), TimeFourier(width), nn.Embedding(4, width)
+        self.up = nn.Upsample(scale_factor=2.0)
+        self.conv = nn.Conv2d(2 + 2 * width, 2, 3, padding=1)
+
+    def forward(self, x, noise_level, cached_level, label, mid, low):
+        emb = self.time(noise_level) + self.ctx(cached_level) + self.label(label)
+        h = torch.cat([x, mid * emb[:, :, None, None], self.up(low)], 1)
+        return self.conv(h)
+
+
+class TinyDecoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+
+    def decode(self, latent):
+        return (torch.tanh(self.conv(latent)),)
+
+
+def named_model(seed: int = 0) -> DualRateModel:
+    """Inputs called x / noise_level / cached_level / label, dict features ``mid``/``low``, a decoder."""
+    torch.manual_seed(seed)
+    return DualRateModel(
+        NamedEncoder(), NamedDenoiser(),
+        encoder_inputs={"x": SAMPLE, "noise_level": TIME, "label": cond("label")},
+        denoiser_inputs={"x": SAMPLE, "noise_level": TIME, "cached_level": TIME_CTX, "label": cond("label"),
+                         "mid": feature("mid"), "low": feature("low")},
+        sample_shape=(2, 8, 8), prediction="v", time="t",
+        conditioning=[Conditioning("label", (), "int64", null=3, num_classes=3)],
+        decoder=Decoder(TinyDecoder(), input="latent", method="decode", scaling_factor=0.5)).eval()
+
+
+@pytest.fixture(scope="module")
+def named(tmp_path_factory):
+    model = named_model()
+    opts = ExportOptions(sampler=SamplerOptions(num_steps=6, guidance=2.0, refresh_params={"k": 2, "phase": 0}))
+    return model, export_bundle(model, tmp_path_factory.mktemp("ov-named") / "bundle", opts).bundle
+
+
+def test_any_input_names_and_a_decoder(named, target):
+    model, bundle = named
+    assert bundle.graph_names() == ["encoder", "denoiser", "decoder"]
+    assert bundle.manifest["source"]["kind"] == "python" and bundle.manifest["source_checkpoint"] is None
+    compiled = target.compile(bundle, "fp32")
+    assert {"decoder.xml", "decoder.bin"} <= {p.name for p in compiled.path.iterdir()}
+    assert sorted(compiled.record["graphs"]) == ["decoder", "denoiser", "encoder"]
+    assert compiled.record["graphs"]["denoiser"]["time_inputs"] == ["noise_level", "cached_level"]
+    checks = target.structural_checks(bundle, compiled)
+    assert len(checks) == 7 and all(c["passed"] for c in checks), checks
+    runner = target.open_runner(bundle, compiled)
+    results = graph_level(runner, {f"{g}_io": bundle.golden(f"{g}_io") for g in bundle.graph_names()},
+                          gate_for("fp32"))
+    assert {(r.graph, r.output) for r in results} == {("encoder", "mid"), ("encoder", "low"),
+                                                      ("denoiser", "prediction"), ("decoder", "decoded")}
+    assert all(r.passed for r in results), [r.reasons for r in results]
+    labels = {"label": np.array([0, 2, 1])}
+    got = sample(runner, bundle.spec, labels, spec_noise(bundle.spec, 3, seed=1))
+    ref = sample(TorchReferenceRunner(model, bundle.spec), bundle.spec, labels, spec_noise(bundle.spec, 3, seed=1))
+    assert got.decoded.shape == (3, 3, 8, 8) and compare(got.decoded, ref.decoded).psnr_db >= 60.0
+    assert compare(got.x, ref.x).psnr_db >= 60.0
+
+
+def test_time_chain_found_by_role_stays_f32_in_bf16(named, target):
+    """The Fourier projection is a MatMul: only the walk down from the ``time`` inputs reaches it."""
+    from dualrate.targets.openvino_backend import precision_sensitive_ops
+
+    _, bundle = named
+    model = ov.convert_model(str(bundle.graph("denoiser")))
+    by_trig = precision_sensitive_ops(model)
+    by_role = precision_sensitive_ops(model, ["noise_level", "cached_level"])
+    matmuls = {op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"}
+    assert by_trig < by_role and not (by_trig & matmuls)
+    assert len(by_role & matmuls) == 2              # the two projections; the MLPs after sin/cos stay out
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" not in caps:
+        pytest.skip(f"this CPU has no native bf16 (OPTIMIZATION_CAPABILITIES {caps})")
+    compiled = target.compile(bundle, "bf16")
+    assert compiled.effective_precision == "bf16"
+    for g, times in (("encoder", ["noise_level"]), ("denoiser", ["noise_level", "cached_level"]), ("decoder", [])):
+        info = compiled.record["graphs"][g]
+        assert info["time_inputs"] == times and bool(info["kept_f32"]) == bool(times)
+        # t[:, None] is rewritten as a Reshape, which the plugin keeps f32 (its own Unsqueeze drops the mark)
+        assert info["kept_f32_unsqueeze_as_reshape"] == len(times)
+        if times:
+            assert info["kept_f32_executed"].get("f32", 0) >= 2 * len(times)      # sin and cos per time input
+    # what the plugin really ran is recorded, not assumed: OpenVINO 2026.4 turns the MatMul into a
+    # FullyConnected, which loses the mark ("precise" is not copied), and kept_f32_executed counts it as bf16
+    runner = target.open_runner(bundle, compiled)
+    assert runner.effective_precision == "bf16"
+
+
+def test_reference_bundle_time_chain_runs_entirely_f32_in_bf16(bundle, bf16):
+    compiled, _ = bf16
+    for g in bundle.graph_names():
+        info = compiled.record["graphs"][g]
+        assert info["kept_f32_unsqueeze_as_reshape"] >= 1
+        assert set(info["kept_f32_executed"]) == {"f32"}, info["kept_f32_executed"]

@@ -48,6 +48,7 @@ def make_result(kind="passed"):
            "target": {"backend": "onnxruntime", "requested_precision": "fp32", "effective_precision": "fp32",
                       "runtime_version": "1.32.0", "device": "cpu",
                       "artifacts": {"encoder.onnx": "1" * 64, "denoiser.onnx": "2" * 64}},
+           "source": {"kind": "checkpoint", "name": "tiny", "sha256": "c" * 64, "path": "/ckpts/tiny"},
            "reference": "golden", "shapes": {"batch": 4, "rows": 2},
            "gates": {"fp32": {"rel_l2": GATE.rel_l2, "cosine": GATE.cosine, "psnr_db": GATE.psnr_db}}}
     if kind == "not_run":
@@ -192,6 +193,7 @@ def test_junit_passed_counts_and_one_case_per_layer_and_graph(tmp_path):
     assert skipped is not None and "no structural checks" in skipped.get("message")
     props = {p.get("name"): p.get("value") for p in suite.find("properties")}
     assert props["effective precision"] == "fp32" and props["spec sha256"] == "a" * 64
+    assert (props["source"], props["source path"], props["source sha256"]) == ("checkpoint tiny", "/ckpts/tiny", "c" * 64)
 
 
 def test_junit_failure_names_output_metrics_and_tolerance():
@@ -272,6 +274,8 @@ def test_html_passed_has_verdict_images_and_drift_chart(tmp_path):
     assert "not run: target onnxruntime has no structural checks" in page
     assert page.count('<tr class="pass">') == sum(len(l["checks"]) for l in doc["layers"])
     assert "1.32.0" in page and "e" * 64 in page and "requested precision" in page
+    assert "<td>source</td><td><code>checkpoint tiny</code>" in page and "c" * 64 in page
+    assert "Decoded output" not in page and "decoded_" not in page       # no decoder: no decoded section
 
 
 def test_html_failed_escapes_reasons_and_names_first_failure(tmp_path):
@@ -386,3 +390,85 @@ def test_first_failing_step_is_not_paired_with_the_worst_steps_metrics(tmp_path)
     _, suite = _suite(junit_xml(doc))
     assert "(metrics of worst step 9)" in _cases(suite)[("teacher_forced", "denoiser")].find("failure").text
     assert "metrics of worst step 9, steps=[0, 1, 2" in write_html(doc, {}, tmp_path).read_text()
+
+
+# --------------------------------------------------------------------------- decoder and source (bundle format 2)
+
+def _with_decoder(doc, data_range=(0.0, 1.0)):
+    doc["bundle"]["graphs"]["decoder"] = "f" * 64
+    doc["decoder"] = {"data_range": list(data_range)}
+    return doc
+
+
+def _decoded_arrays(b=4, seed=2):
+    """Latents [B, 4, 8, 8] as the final samples, RGB [B, 3, 16, 16] in [0, 1] as the decoded output."""
+    rng = np.random.default_rng(seed)
+    arrays = make_arrays(b=b, c=4, h=8, w=8, seed=seed)
+    ref = rng.uniform(0, 1, (b, 3, 16, 16)).astype(np.float32)
+    ref[0, :, 0, 0] = 0.5
+    got = ref.copy()
+    got[3, 1, 15, 15] += 0.125
+    return {**arrays, "reference_decoded": ref, "backend_decoded": got}
+
+
+def test_html_shows_the_decoded_output_grid_after_the_samples(tmp_path):
+    doc = _with_decoder(make_result("passed"))
+    page = write_html(doc, _decoded_arrays(), tmp_path).read_text()
+    srcs = [s for s, _, _ in re.findall(r'<img src="([^"]+)" width="(\d+)" height="(\d+)"', page)]
+    assert srcs == ["samples_reference.png", "samples_backend.png", "error_heatmap.png",
+                    "decoded_reference.png", "decoded_backend.png", "decoded_heatmap.png"]
+    assert page.index("<h2>Final samples</h2>") < page.index("<h2>Decoded output</h2>") < page.index("<svg")
+    ref, got, heat = (read_png(tmp_path / f"decoded_{k}.png") for k in ("reference", "backend", "heatmap"))
+    # 4 RGB tiles of 16x16 upscaled x4 (>= 64 px) in 2 rows (shapes.rows), 2 px padding
+    assert ref.shape == got.shape == (2 + 2 * 66, 2 + 2 * 66, 3) and heat.shape == ref.shape
+    assert read_png(tmp_path / "samples_reference.png").shape[2] == 1       # the latents: grey tile per channel
+    # the decoder's data range [0, 1] (from the document), not the samples' [-1, 1]: 0.5 is mid-grey
+    assert ref[2, 2].tolist() == [128, 128, 128]
+    decoded = page[page.index("<h2>Decoded output</h2>"):]
+    assert "the decoder&#x27;s output on the final samples; 4 decoded outputs; data range 0 \u2026 1" in decoded
+    assert "max |difference| = 0.125 (worst channel per pixel)" in decoded
+    # the one differing pixel: tile 3 (second row, second column), pixel (15, 15), upscaled x4
+    y0, x0 = 2 + 66 + 15 * 4, 2 + 66 + 15 * 4
+    assert heat[y0:y0 + 4, x0:x0 + 4].reshape(-1, 3).tolist() == [[253, 231, 37]] * 16
+    assert (heat[2:2 + 64, 2:2 + 64] == [68, 1, 84]).all()
+    # an explicit range wins over the document's
+    write_html(doc, _decoded_arrays(), tmp_path / "b", decoded_range=(-1.0, 1.0))
+    assert read_png(tmp_path / "b" / "decoded_reference.png")[2, 2].tolist() == [191, 191, 191]
+
+
+def test_decoded_section_not_run_when_the_bundle_has_a_decoder_but_no_arrays(tmp_path):
+    for f in ("decoded_reference.png", "decoded_backend.png", "decoded_heatmap.png"):
+        (tmp_path / f).write_bytes(b"old")              # a previous run's images must not survive
+    page = write_html(_with_decoder(make_result("passed")), make_arrays(), tmp_path).read_text()
+    assert '<h2>Decoded output</h2><p class="notrun">not run: no decoded outputs were recorded</p>' in page
+    assert "decoded_" not in page and not list(tmp_path.glob("decoded_*"))
+    page = write_html(_with_decoder(make_result("not_run")), {}, tmp_path).read_text()
+    assert '<h2>Decoded output</h2><p class="notrun">not run: target tensorrt is not usable here' in page
+
+
+def test_decoded_arrays_that_disagree_in_shape_do_not_cost_the_report(tmp_path):
+    arrays = _decoded_arrays()
+    arrays["backend_decoded"] = arrays["backend_decoded"][:, :, :8]
+    page = write_html(_with_decoder(make_result("passed")), arrays, tmp_path).read_text()
+    assert "images not shown: reference (4, 3, 16, 16) and backend (4, 3, 8, 16) decoded outputs differ in shape" in page
+    assert (tmp_path / "samples_reference.png").exists() and not list(tmp_path.glob("decoded_*"))
+    assert '<span class="verdict v-passed" id="verdict">PASSED</span>' in page
+
+
+def test_python_source_is_shown_without_a_path():
+    doc = make_result("passed")
+    doc["source"] = {"kind": "python", "name": "ConvEncoder+ConvDenoiser", "sha256": "9" * 64}
+    doc["bundle"]["source_checkpoint_sha256"] = None
+    _, suite = _suite(junit_xml(doc))
+    props = {p.get("name"): p.get("value") for p in suite.find("properties")}
+    assert props["source"] == "Python model ConvEncoder+ConvDenoiser" and props["source sha256"] == "9" * 64
+    assert "source path" not in props and "source checkpoint sha256" not in props
+
+
+def test_documents_without_a_source_still_show_the_checkpoint_hash():
+    doc = make_result("passed")
+    del doc["source"]
+    doc["bundle"]["source_checkpoint_sha256"] = "b" * 64
+    _, suite = _suite(junit_xml(doc))
+    props = {p.get("name"): p.get("value") for p in suite.find("properties")}
+    assert props["source checkpoint sha256"] == "b" * 64 and "source" not in props

@@ -3,17 +3,28 @@
 One run measures, after a warm-up and interleaved per repeat (so background load hits
 every contender alike), medians over the repeats of: the spec's dual-rate sampler on the
 backend, the same backend with a refresh at every step (single rate), and the PyTorch
-eager reference sampler. Graph calls are timed by wrapping the runner, which gives the
-per-graph latency and the loop overhead (wall time not spent in graph calls). FLOPs are
-counted once from the checkpoint's modules (``FlopCounterMode``: matmuls and
-convolutions) at the rows per call the loop uses; the FLOP-model bound of the speedup is
-``(N F_E + N F_g) / (M F_E + N F_g)`` (both x2 under guidance), M = encoder calls in the
-spec's call plan. The machine's fp32 matmul rate (numpy and torch sgemm, the faster one
-counts) puts the achieved GFLOP/s in scale, and gives a ceiling for ``vs_torch_eager``:
-the eager time over the time the dual-rate run's FLOPs would take at that rate. A
-backend doing the same arithmetic at the same precision can approach that ceiling, not
-pass it by much (tuned conv kernels run a few % above sgemm), so a ratio target above
-it takes less arithmetic or a lower precision, not better scheduling.
+eager reference sampler. Every graph call (encoder, denoiser, and the decoder where the
+spec has one: once per sampler run, on the final samples) is timed by wrapping the
+runner, which gives the per-graph latency and the loop overhead (wall time not spent in
+graph calls). FLOPs are counted once on the model's ``BoundGraph`` modules
+(``FlopCounterMode``: matmuls and convolutions) with inputs built from the spec's roles
+(its conditioning as ``example_conditioning`` makes it, guidance's null rows, the spec's
+time values) at the rows per call the loop uses. The FLOP-model bound of the speedup is
+the FLOP ratio of the two call plans, single rate over dual rate; when guidance is on at
+every step or at none it is ``(N F_E + N F_g + F_D) / (M F_E + N F_g + F_D)`` (per-call
+FLOPs; F_D = 0 without a decoder), M = encoder calls in the spec's call plan. The
+machine's fp32 matmul rate (numpy and torch sgemm, the faster one counts) puts the
+achieved GFLOP/s in scale, and gives a ceiling for ``vs_torch_eager``: the eager time
+over the time the dual-rate run's FLOPs would take at that rate. A backend doing the same
+arithmetic at the same precision can approach that ceiling, not pass it by much (tuned
+conv kernels run a few % above sgemm), so a ratio target above it takes less arithmetic
+or a lower precision, not better scheduling.
+
+The PyTorch model comes from the source checkpoint (the manifest's, or ``checkpoint``,
+verified by sha256) or, for a bundle exported from a model handed over in Python, from
+``BenchOptions.model`` (verified by its weights' sha256). Without one, the FLOP count and
+the torch eager row are reported as not run, with the reason (``not_run``), and the
+backend is still timed.
 """
 
 from __future__ import annotations
@@ -24,17 +35,22 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from dualrate.exporter.bundle import GRAPHS, Bundle, load_source_checkpoint, open_bundle
+from dualrate.exporter.bundle import Bundle, load_source_checkpoint, open_bundle, recorded_checkpoint
+from dualrate.exporter.conditioning import group_conditioning
 from dualrate.exporter.errors import BackendUnavailableError, BadInputError
-from dualrate.exporter.sampling import call_plan, group_labels, sample, spec_noise
-from dualrate.exporter.spec import Spec
+from dualrate.exporter.golden import example_conditioning
+from dualrate.exporter.runner import graph_feeds, role_values
+from dualrate.exporter.sampling import (ArrayNoise, NoiseSource, call_plan, decoder_input, sample, spec_noise,
+                                        tile_rows, time_values)
+from dualrate.exporter.spec import FEATURE_PREFIX, ROLE_SAMPLE, Spec
 from dualrate.exporter.spec_builder import every_step
 
 MATMUL_N = 4096                     # large enough to run at the machine's sgemm peak (2048: ~8% below)
+COUNTED_WITH = "torch.utils.flop_counter.FlopCounterMode (matmul + convolution)"
 Progress = Callable[[str], None]
 
 
@@ -49,32 +65,41 @@ class BenchOptions:
     checkpoint: Path | None = None  # default: the manifest's source checkpoint (verified by sha256)
     single_rate: bool = True
     torch_eager: bool = True
+    model: Any = None               # a DualRateModel (Python API): the bundle's source, checked by weights sha256
 
 
 class TimedRunner:
-    """Pass-through runner that records the wall time of every graph call."""
+    """Pass-through runner that records the wall time of every graph call (encode, denoise, decode);
+    anything else (``features_to_numpy``, ``spec``...) is the wrapped runner's."""
 
-    def __init__(self, inner: Any):
+    def __init__(self, inner: Any, graphs: tuple[str, ...] | list[str] = ("encoder", "denoiser")):
         self.inner = inner
-        self.times: dict[str, list[float]] = {g: [] for g in GRAPHS}
+        self.graphs = tuple(graphs)
+        self.times: dict[str, list[float]] = {}
+        self.reset()
 
-    def encode(self, z, logsnr, class_id):
+    def _timed(self, graph: str, fn: Callable[[Any], Any], feeds: Any) -> Any:
         start = time.perf_counter()
-        out = self.inner.encode(z, logsnr, class_id)
-        self.times["encoder"].append(time.perf_counter() - start)
+        out = fn(feeds)
+        self.times.setdefault(graph, []).append(time.perf_counter() - start)
         return out
 
-    def denoise(self, z, logsnr, logsnr_ctx, class_id, features):
-        start = time.perf_counter()
-        out = self.inner.denoise(z, logsnr, logsnr_ctx, class_id, features)
-        self.times["denoiser"].append(time.perf_counter() - start)
-        return out
+    def encode(self, feeds):
+        return self._timed("encoder", self.inner.encode, feeds)
 
-    def features_to_numpy(self, features: Any) -> list[np.ndarray]:
-        return self.inner.features_to_numpy(features)
+    def denoise(self, feeds):
+        return self._timed("denoiser", self.inner.denoise, feeds)
+
+    def decode(self, feeds):
+        return self._timed("decoder", self.inner.decode, feeds)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":             # not set yet (copy/pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def reset(self) -> None:
-        self.times = {g: [] for g in GRAPHS}
+        self.times = {g: [] for g in self.graphs}
 
     def graph_seconds(self) -> float:
         return sum(sum(v) for v in self.times.values())
@@ -82,35 +107,95 @@ class TimedRunner:
 
 # ----------------------------------------------------------------------------- the FLOP model
 
+def widest_branches(spec: Spec) -> tuple[str, ...]:
+    """The branch group of the widest graph call of the loop ((cond, uncond) under batched guidance)."""
+    return max((call.branches for step in call_plan(spec) for call in step), key=len)
+
+
 def rows_per_call(spec: Spec, batch: int) -> int:
     """Rows of the widest graph call of the loop (2B when both guidance branches run batched)."""
-    return max(len(call.branches) for step in call_plan(spec) for call in step) * batch
+    return len(widest_branches(spec)) * batch
 
 
-def count_graph_flops(pair: Any, spec: Spec, rows: int) -> dict[str, int]:
-    """FLOPs of one encoder and one denoiser call of ``rows`` rows, counted on the PyTorch modules."""
+def loop_values(spec: Spec, rows: int, batch: int, seed: int = 0,
+                nulls: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Role values of one widest call of the loop at step 0: a ``rows``-row sample, the spec's
+    time (and context time) of step 0, and the conditioning rows of the widest branch group
+    (``example_conditioning`` for the cond rows, the declared nulls for the uncond rows)."""
+    branches = widest_branches(spec)
+    if rows == batch * len(branches):
+        cond = group_conditioning(spec, example_conditioning(spec, seed, batch, dict(nulls or {})), nulls, branches)
+    else:                               # a row count the loop does not use: conditional rows only
+        cond = example_conditioning(spec, seed, rows, dict(nulls or {}))
+    z = np.random.default_rng(seed).standard_normal((rows, *spec.model.sample_shape)).astype(np.float32)
+    t = np.full(rows, time_values(spec)[0])
+    return role_values(z, t, t, cond)
+
+
+def count_graph_flops(model: Any, spec: Spec, rows: int, batch: int | None = None, *, seed: int = 0,
+                      nulls: Mapping[str, np.ndarray] | None = None) -> dict[str, int]:
+    """FLOPs of one encoder and one denoiser call of ``rows`` rows (and of one decoder call of
+    ``batch`` rows, the final samples, where the spec has a decoder), counted on the model's
+    ``BoundGraph`` modules: exactly the call the exporter traced and the reference runs.
+
+    ``batch`` defaults to ``rows`` over the widest call's branch count; ``nulls`` to the model's.
+    """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    shape = tuple(spec.model.sample_shape)
-    z = torch.randn(rows, *shape, generator=torch.Generator().manual_seed(0))
-    lam = torch.zeros(rows)
-    cls = torch.zeros(rows, dtype=torch.int64)
+    m = spec.model
+    batch = batch or max(1, rows // len(widest_branches(spec)))
+    nulls = model.nulls() if nulls is None else nulls
+    model.eval()
+    values = loop_values(spec, rows, batch, seed, nulls)
+    names = [o.name for o in m.encoder.outputs]
+    bound = {"encoder": model.bound_encoder(), "denoiser": model.bound_denoiser(names)}
+    out: dict[str, int] = {}
     with torch.inference_mode():
-        with FlopCounterMode(display=False) as enc:
-            feats = pair.encoder(z, lam, cls)
-        with FlopCounterMode(display=False) as den:
-            pair.denoiser(z, lam, lam, cls, *feats)
-    return {"encoder": int(enc.get_total_flops()), "denoiser": int(den.get_total_flops())}
+        with FlopCounterMode(display=False) as counter:
+            feats = bound["encoder"](*_flat(bound["encoder"], m.encoder, values))
+        out["encoder"] = int(counter.get_total_flops())
+        values.update({FEATURE_PREFIX + n: f for n, f in zip(names, feats)})
+        with FlopCounterMode(display=False) as counter:
+            bound["denoiser"](*_flat(bound["denoiser"], m.denoiser, values))
+        out["denoiser"] = int(counter.get_total_flops())
+        if m.decoder is not None:
+            dec = model.bound_decoder()
+            x = np.random.default_rng(seed + 1).standard_normal((batch, *m.sample_shape)).astype(np.float32)
+            with FlopCounterMode(display=False) as counter:
+                dec(*_flat(dec, m.decoder.graph, {ROLE_SAMPLE: decoder_input(spec, x)}))
+            out["decoder"] = int(counter.get_total_flops())
+    return out
 
 
-def sampler_flops(spec: Spec, batch: int, flops_per_row: dict[str, float]) -> float:
-    """FLOPs of one sampler run: every call of the spec's call plan, at its own row count."""
+def _flat(bound: Any, gio: Any, values: Mapping[str, Any]) -> list[Any]:
+    """The flat tensor inputs of a ``BoundGraph`` from role values (as the PyTorch reference runner feeds it)."""
+    import torch
+
+    feeds = graph_feeds(gio, values)
+    flat = []
+    for name, _ in bound.inputs:
+        v = feeds[name]
+        t = v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
+        flat.append(t.float() if t.is_floating_point() and t.dtype != torch.float32 else t)
+    return flat
+
+
+def per_row_flops(flops: Mapping[str, int], rows: int, batch: int) -> dict[str, float]:
+    """FLOPs per row of each graph (the decoder's call has ``batch`` rows, the others ``rows``)."""
+    return {g: f / (batch if g == "decoder" else rows) for g, f in flops.items()}
+
+
+def sampler_flops(spec: Spec, batch: int, flops_per_row: Mapping[str, float]) -> float:
+    """FLOPs of one sampler run: every call of the spec's call plan, at its own row count, and the
+    decoder once on the ``batch`` final samples where there is one."""
     total = 0.0
     for step in call_plan(spec):
         for call in step:
             rows = len(call.branches) * batch
             total += rows * flops_per_row["denoiser"] + (rows * flops_per_row["encoder"] if call.refresh else 0.0)
+    if spec.model.decoder is not None and "decoder" in flops_per_row:
+        total += batch * flops_per_row["decoder"]
     return total
 
 
@@ -119,10 +204,12 @@ def encoder_calls(spec: Spec) -> int:
     return sum(call.refresh for step in call_plan(spec) for call in step)
 
 
-def speedup_bound(num_steps: int, encoder_call_count: int, f_encoder: float, f_denoiser: float) -> float:
-    """The FLOP-model bound (N F_E + N F_g) / (M F_E + N F_g); the x2 of guidance cancels."""
+def speedup_bound(num_steps: int, encoder_call_count: int, f_encoder: float, f_denoiser: float,
+                  f_decoder: float = 0.0) -> float:
+    """The FLOP-model bound (N F_E + N F_g + F_D) / (M F_E + N F_g + F_D) with per-call FLOPs (the
+    x2 of batched guidance cancels; F_D: the one decoder call of a run, 0 without a decoder)."""
     n, m = num_steps, encoder_call_count
-    return (n * f_encoder + n * f_denoiser) / (m * f_encoder + n * f_denoiser)
+    return (n * f_encoder + n * f_denoiser + f_decoder) / (m * f_encoder + n * f_denoiser + f_decoder)
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -151,25 +238,49 @@ def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def timed_sample(runner: TimedRunner, spec: Spec, labels: np.ndarray, seed: int) -> dict[str, Any]:
-    """One sampler run: wall time, time inside graph calls, and each call's latency."""
+def bench_noise(spec: Spec, batch: int, seed: int) -> NoiseSource:
+    """The spec's own generator; seeded normal tensors where the spec's noise is external."""
+    if spec.noise.rng.kind != "external":
+        return spec_noise(spec, batch, seed)
+    rng = np.random.default_rng(seed)
+    shape = (batch, *spec.model.sample_shape)
+    return ArrayNoise(rng.standard_normal(shape, dtype=np.float32),
+                      rng.standard_normal((spec.sampler.num_steps, *shape), dtype=np.float32))
+
+
+def timed_sample(runner: TimedRunner, spec: Spec, cond: Mapping[str, np.ndarray], nulls: Mapping[str, np.ndarray],
+                 batch: int, seed: int) -> dict[str, Any]:
+    """One sampler run (with the decoder where the spec has one): wall time, time inside graph
+    calls, and each call's latency."""
     runner.reset()
-    noise = spec_noise(spec, len(labels), seed)
+    noise = bench_noise(spec, batch, seed)
     start = time.perf_counter()
-    sample(runner, spec, labels, noise)
+    sample(runner, spec, cond, noise, nulls=nulls)
     wall = time.perf_counter() - start
     return {"wall_s": wall, "graph_s": runner.graph_seconds(), "calls": {g: list(v) for g, v in runner.times.items()}}
 
 
-def warm_up(runner: Any, spec: Spec, labels: np.ndarray, seed: int) -> None:
-    """One encoder and two denoiser calls at the loop's shapes (lets runtimes pick and cache kernels)."""
-    rows = rows_per_call(spec, len(labels))
-    cls = group_labels(labels, spec.model.null_class, ("cond", "uncond"))[:rows]
-    z = spec_noise(spec, rows, seed).draw(0, tuple(spec.model.sample_shape))
-    lam = np.full(rows, spec.sampler.tables.logsnr[0], np.float32)
-    feats = runner.encode(z, lam, cls)
-    for _ in range(2):
-        runner.denoise(z, lam, lam, cls, feats)
+def warm_up(runner: Any, spec: Spec, cond: Mapping[str, np.ndarray], nulls: Mapping[str, np.ndarray],
+            batch: int, seed: int) -> None:
+    """At every row count the loop uses: one encoder and two denoiser calls; then one decoder call
+    where there is one (lets runtimes pick and cache kernels)."""
+    m = spec.model
+    z = np.random.default_rng(seed).standard_normal((batch, *m.sample_shape)).astype(np.float32)
+    t = time_values(spec)[0]
+    seen = set()
+    for step in call_plan(spec):
+        for call in step:
+            if call.branches in seen:
+                continue
+            seen.add(call.branches)
+            rows = batch * len(call.branches)
+            z_in, t_in = tile_rows(z, len(call.branches)), np.full(rows, t)
+            grouped = group_conditioning(spec, cond, nulls, call.branches)
+            feats = runner.encode(graph_feeds(m.encoder, role_values(z_in, t_in, None, grouped)))
+            for _ in range(2):
+                runner.denoise(graph_feeds(m.denoiser, role_values(z_in, t_in, t_in, grouped, feats)))
+    if m.decoder is not None:
+        runner.decode(graph_feeds(m.decoder.graph, {ROLE_SAMPLE: decoder_input(spec, z)}))
 
 
 # ----------------------------------------------------------------------------- the run
@@ -197,6 +308,42 @@ def check_options(opts: BenchOptions) -> None:
         raise BadInputError(f"--threads {opts.threads}: expected 0 (every core) or a positive count")
 
 
+PURPOSE = "bench counts FLOPs and times eager on the PyTorch modules"
+
+
+def bench_model(bundle: Bundle, opts: BenchOptions) -> tuple[Any, str | None]:
+    """(the bundle's PyTorch model, None) or (None, why there is none).
+
+    A model handed over (``opts.model``) or a checkpoint the caller names must be the bundle's
+    source (BadInputError otherwise); the manifest's recorded checkpoint is used when it is
+    there. A bundle exported from a Python model, or whose recorded checkpoint is gone, gives
+    no model: the FLOP count and the eager row are then not run, with this reason.
+    """
+    if opts.model is not None:
+        from .export_check import model_source
+
+        want = (bundle.manifest.get("source") or {}).get("sha256")
+        got = model_source(opts.model)["sha256"]
+        if want != got:
+            raise BadInputError(f"the model's weights have sha256 {got[:12]}…, but bundle {bundle.path} was exported "
+                                f"from weights with sha256 {str(want)[:12]}…; pass the model it was exported from")
+        return opts.model, None
+    if opts.checkpoint is None:
+        if not bundle.manifest.get("source_checkpoint"):
+            source = bundle.manifest.get("source") or {}
+            return None, (f"bundle {bundle.path} was exported from a model handed over in Python "
+                          f"({source.get('name', 'no checkpoint')}), so there is no checkpoint to load; to count "
+                          "FLOPs and time PyTorch eager, pass the model in Python (BenchOptions(model=...)) or "
+                          "export the bundle from a checkpoint")
+        path = recorded_checkpoint(bundle)
+        if path is None or not path.exists():
+            try:
+                load_source_checkpoint(bundle, None, PURPOSE)
+            except BadInputError as exc:       # the message says where it was looked for and what to pass
+                return None, str(exc)
+    return load_source_checkpoint(bundle, opts.checkpoint, PURPOSE).pair, None
+
+
 def bench(bundle_path: str | Path, opts: BenchOptions, progress: Progress = lambda _: None) -> dict[str, Any]:
     """Measure ``opts.target`` on the bundle; returns the results document (see module docstring)."""
     import torch
@@ -204,53 +351,66 @@ def bench(bundle_path: str | Path, opts: BenchOptions, progress: Progress = lamb
     check_options(opts)
     bundle = open_bundle(bundle_path)
     target, compiled, backend_runner = open_backend(bundle, opts)
+    model, no_model = bench_model(bundle, opts)
     threads = opts.threads or os.cpu_count() or 1
-    pair = load_source_checkpoint(bundle, opts.checkpoint, "bench counts FLOPs and times eager on the PyTorch "
-                                  "modules").pair
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)          # the eager reference gets the cores the backend gets
     try:
-        return _measure(bundle, opts, target, compiled, backend_runner, pair, threads, progress)
+        return _measure(bundle, opts, target, compiled, backend_runner, model, no_model, threads, progress)
     finally:
         torch.set_num_threads(previous)
 
 
-def _measure(bundle: Bundle, opts: BenchOptions, target: Any, compiled: Any, backend_runner: Any, pair: Any,
-             threads: int, progress: Progress) -> dict[str, Any]:
+def _measure(bundle: Bundle, opts: BenchOptions, target: Any, compiled: Any, backend_runner: Any, model: Any,
+             no_model: str | None, threads: int, progress: Progress) -> dict[str, Any]:
     """Warm up, then the interleaved repeats; see ``bench``."""
     from dualrate.exporter.torch_runner import TorchReferenceRunner
 
     spec = bundle.spec
-    labels = np.arange(opts.batch, dtype=np.int64) % spec.model.num_classes
+    graphs = tuple(bundle.graph_names())
+    nulls = bundle.nulls()
+    cond = example_conditioning(spec, opts.seed, opts.batch, nulls)
     rows = rows_per_call(spec, opts.batch)
-    flops = count_graph_flops(pair, spec, rows)
-    single_spec = every_step(spec)
+    not_run: dict[str, str] = {}
+    flops = None
+    if model is not None:
+        progress("counting FLOPs on the PyTorch modules")
+        flops = count_graph_flops(model, spec, rows, opts.batch, seed=opts.seed, nulls=nulls)
+    else:
+        not_run["flops"] = no_model
 
-    runs: dict[str, tuple[TimedRunner, Spec]] = {"dual_rate": (TimedRunner(backend_runner), spec)}
+    runs: dict[str, tuple[TimedRunner, Spec]] = {"dual_rate": (TimedRunner(backend_runner, graphs), spec)}
     if opts.single_rate:
-        runs["single_rate"] = (TimedRunner(backend_runner), single_spec)
-    if opts.torch_eager:
-        runs["torch_eager"] = (TimedRunner(TorchReferenceRunner(pair)), spec)
+        runs["single_rate"] = (TimedRunner(backend_runner, graphs), every_step(spec))
+    else:
+        not_run["single_rate"] = "skipped (--no-single-rate)"
+    if not opts.torch_eager:
+        not_run["torch_eager"] = "skipped (--no-torch)"
+    elif model is None:
+        not_run["torch_eager"] = no_model
+    else:
+        runs["torch_eager"] = (TimedRunner(TorchReferenceRunner(model, spec), graphs), spec)
     progress("warming up")
     for runner, run_spec in runs.values():
-        warm_up(runner.inner, run_spec, labels, opts.seed)
+        warm_up(runner.inner, run_spec, cond, nulls, opts.batch, opts.seed)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
     matmul: list[dict[str, float]] = []
     for r in range(opts.repeats):
         for name, (runner, run_spec) in runs.items():      # interleaved: load drifts hit all alike
             progress(f"repeat {r + 1}/{opts.repeats}: {name}")
-            results[name].append(timed_sample(runner, run_spec, labels, opts.seed))
+            results[name].append(timed_sample(runner, run_spec, cond, nulls, opts.batch, opts.seed))
         matmul.append(matmul_gflops())
-    return summarize(bundle, spec, opts, target, compiled, flops, rows, results, matmul, threads)
+    return summarize(bundle, spec, opts, target, compiled, flops, rows, results, matmul, threads, not_run)
 
 
 # ----------------------------------------------------------------------------- the document
 
-def graph_latency(runs: list[dict[str, Any]]) -> dict[str, float | None]:
+def graph_latency(runs: list[dict[str, Any]], graphs: tuple[str, ...] = ("encoder", "denoiser")
+                  ) -> dict[str, float | None]:
     """Median latency (s) of each graph's calls over every repeat."""
     out = {}
-    for g in GRAPHS:
-        times = [t for run in runs for t in run["calls"][g]]
+    for g in graphs:
+        times = [t for run in runs for t in run["calls"].get(g, [])]
         out[g] = statistics.median(times) if times else None
     return out
 
@@ -264,21 +424,38 @@ def _median_wall(runs: list[dict[str, Any]]) -> float:
     return statistics.median(run["wall_s"] for run in runs)
 
 
-def summarize(bundle: Bundle, spec: Spec, opts: BenchOptions, target: Any, compiled: Any, flops: dict[str, int],
-              rows: int, results: dict[str, list[dict[str, Any]]], matmul: list[dict[str, float]],
-              threads: int) -> dict[str, Any]:
+def summarize(bundle: Bundle, spec: Spec, opts: BenchOptions, target: Any, compiled: Any,
+              flops: dict[str, int] | None, rows: int, results: dict[str, list[dict[str, Any]]],
+              matmul: list[dict[str, float]], threads: int, not_run: dict[str, str] | None = None) -> dict[str, Any]:
     import torch
 
     from dualrate.exporter.version import __version__
 
+    graphs = tuple(bundle.graph_names())
     n = spec.sampler.num_steps
     m = encoder_calls(spec)
-    per_row = {g: flops[g] / rows for g in GRAPHS}
+    groups = rows // opts.batch
     dual = results["dual_rate"]
-    latency = graph_latency(dual)
+    latency = graph_latency(dual, graphs)
     mm = {k: statistics.median(x[k] for x in matmul) for k in matmul[0]}
     mm_source = max(mm, key=mm.get)
     dual_s = _median_wall(dual)
+    f = {g: None if flops is None else flops[g] for g in graphs}
+    per_row = None if flops is None else per_row_flops(flops, rows, opts.batch)
+    counted = None
+    if per_row is not None:
+        counted = {"dual_rate_run": sampler_flops(spec, opts.batch, per_row),
+                   "single_rate_run": sampler_flops(every_step(spec), opts.batch, per_row)}
+    flop_doc: dict[str, Any] = {
+        "encoder_call": f["encoder"], "denoiser_call": f["denoiser"],
+        "encoder_per_sample": None if per_row is None else per_row["encoder"] * groups,
+        "denoiser_per_sample": None if per_row is None else per_row["denoiser"] * groups,
+        "dual_rate_run": counted and counted["dual_rate_run"],
+        "single_rate_run": counted and counted["single_rate_run"],
+        "counted_with": COUNTED_WITH if flops is not None else None}
+    if "decoder" in graphs:           # once per sampler run, on the final samples (batch rows)
+        flop_doc["decoder_call"] = f["decoder"]
+        flop_doc["decoder_per_sample"] = None if per_row is None else per_row["decoder"]
     doc: dict[str, Any] = {
         "tool": "dualrate bench", "format_version": 1,
         "bundle": str(bundle.path),
@@ -286,52 +463,50 @@ def summarize(bundle: Bundle, spec: Spec, opts: BenchOptions, target: Any, compi
                    "effective_precision": compiled.effective_precision, "runtime_version": target.runtime_version()},
         "setup": {"batch": opts.batch, "rows_per_call": rows, "num_steps": n, "encoder_calls": m,
                   "guidance": spec.guidance.scale, "refresh_steps": list(spec.dual_rate.resolved_refresh_steps),
+                  "conditioning": [c.name for c in spec.model.conditioning], "graphs": list(graphs),
                   "repeats": opts.repeats, "seed": opts.seed, "threads": threads,
                   "torch_threads": torch.get_num_threads()},
-        "flops": {"encoder_call": flops["encoder"], "denoiser_call": flops["denoiser"],
-                  "encoder_per_sample": per_row["encoder"] * (rows // opts.batch),
-                  "denoiser_per_sample": per_row["denoiser"] * (rows // opts.batch),
-                  "dual_rate_run": sampler_flops(spec, opts.batch, per_row),
-                  "single_rate_run": sampler_flops(every_step(spec), opts.batch, per_row),
-                  "counted_with": "torch.utils.flop_counter.FlopCounterMode (matmul + convolution)"},
-        "latency_ms": {g: None if latency[g] is None else latency[g] * 1e3 for g in GRAPHS},
-        "encoder_gflops": _rate(flops["encoder"], latency["encoder"]),
-        "denoiser_gflops": _rate(flops["denoiser"], latency["denoiser"]),
+        "flops": flop_doc,
+        "latency_ms": {g: None if latency[g] is None else latency[g] * 1e3 for g in graphs},
+        **{f"{g}_gflops": _rate(f[g], latency[g]) for g in graphs},
         "matmul_gflops": mm[mm_source],
         "matmul": {"source": f"{mm_source} sgemm {MATMUL_N}x{MATMUL_N} fp32", "gflops": mm,
                    "threads": {"torch": torch.get_num_threads(), "numpy": "BLAS default"}},
         "times_s": {"dual_rate": dual_s},
-        "speedup_bound": speedup_bound(n, m, flops["encoder"], flops["denoiser"]),
+        # the FLOP ratio of the two call plans (single over dual): the speedup a zero-overhead backend gets
+        "speedup_bound": None if counted is None else counted["single_rate_run"] / counted["dual_rate_run"],
         "loop_overhead": loop_overhead(dual),
         "runs": {name: [{"wall_s": run["wall_s"], "graph_s": run["graph_s"]} for run in runs]
                  for name, runs in results.items()},
+        "not_run": dict(not_run or {}),
         "machine": machine_info(),
         "versions": {"dualrate": __version__, "runtime": target.runtime_version(), "torch": torch.__version__,
                      "numpy": np.__version__, "python": platform.python_version()},
     }
-    doc["dual_rate_gflops"] = doc["flops"]["dual_rate_run"] / dual_s / 1e9
-    doc["dual_rate_fraction_of_matmul"] = doc["dual_rate_gflops"] / doc["matmul_gflops"]
+    doc["dual_rate_gflops"] = None if counted is None else counted["dual_rate_run"] / dual_s / 1e9
+    doc["dual_rate_fraction_of_matmul"] = (None if counted is None
+                                           else doc["dual_rate_gflops"] / doc["matmul_gflops"])
     if "single_rate" in results:
         doc["times_s"]["single_rate"] = _median_wall(results["single_rate"])
         doc["speedup_realized"] = doc["times_s"]["single_rate"] / dual_s
-        doc["speedup_fraction_of_bound"] = doc["speedup_realized"] / doc["speedup_bound"]
+        doc["speedup_fraction_of_bound"] = (None if doc["speedup_bound"] is None
+                                            else doc["speedup_realized"] / doc["speedup_bound"])
     if "torch_eager" in results:
         eager = results["torch_eager"]
         doc["times_s"]["torch_eager"] = _median_wall(eager)
         doc["vs_torch_eager"] = doc["times_s"]["torch_eager"] / dual_s
         # the best any backend could do with these FLOPs: every one at the measured matmul rate
-        doc["vs_torch_eager_ceiling"] = doc["times_s"]["torch_eager"] / (doc["flops"]["dual_rate_run"]
-                                                                          / (doc["matmul_gflops"] * 1e9))
-        t_lat = graph_latency(eager)
-        doc["torch_eager"] = {"latency_ms": {g: t_lat[g] * 1e3 for g in GRAPHS},
-                              "encoder_gflops": _rate(flops["encoder"], t_lat["encoder"]),
-                              "denoiser_gflops": _rate(flops["denoiser"], t_lat["denoiser"]),
+        doc["vs_torch_eager_ceiling"] = (None if counted is None else doc["times_s"]["torch_eager"]
+                                         / (counted["dual_rate_run"] / (doc["matmul_gflops"] * 1e9)))
+        t_lat = graph_latency(eager, graphs)
+        doc["torch_eager"] = {"latency_ms": {g: None if t_lat[g] is None else t_lat[g] * 1e3 for g in graphs},
+                              **{f"{g}_gflops": _rate(f[g], t_lat[g]) for g in graphs},
                               "loop_overhead": loop_overhead(eager)}
     return doc
 
 
-def _rate(flop: float, seconds: float | None) -> float | None:
-    return None if not seconds else flop / seconds / 1e9
+def _rate(flop: float | None, seconds: float | None) -> float | None:
+    return None if not seconds or flop is None else flop / seconds / 1e9
 
 
 def machine_info() -> dict[str, Any]:
@@ -348,9 +523,14 @@ def machine_info() -> dict[str, Any]:
             "system": f"{platform.system()} {platform.release()}"}
 
 
+RUN_LABELS = (("dual_rate", "dual-rate (spec)"), ("single_rate", "single-rate (refresh every step)"),
+              ("torch_eager", "torch eager, dual-rate"))
+
+
 def console_table(doc: dict[str, Any]) -> str:
     """The results as a readable table."""
     s, t = doc["setup"], doc["target"]
+    not_run = doc.get("not_run", {})
     lines = [f"dualrate bench: {t['backend']} {t['effective_precision']} (runtime {t['runtime_version']}), "
              f"{doc['machine']['cpu']}, {s['threads']} threads",
              f"  {s['num_steps']} steps, {s['encoder_calls']} encoder calls, guidance {s['guidance']}, batch "
@@ -358,29 +538,43 @@ def console_table(doc: dict[str, Any]) -> str:
              "",
              f"  {'graph':<10}{'GFLOP/call':>12}{'latency ms':>12}{'GFLOP/s':>10}{'torch ms':>10}{'torch GFLOP/s':>15}"]
     eager = doc.get("torch_eager", {})
-    for g in GRAPHS:
-        lines.append(f"  {g:<10}{doc['flops'][g + '_call'] / 1e9:>12.2f}{_num(doc['latency_ms'][g], '.1f'):>12}"
-                     f"{_num(doc[g + '_gflops'], '.1f'):>10}{_num(eager.get('latency_ms', {}).get(g), '.1f'):>10}"
+    for g in doc["latency_ms"]:
+        gflop = doc["flops"].get(g + "_call")
+        lines.append(f"  {g:<10}{_num(None if gflop is None else gflop / 1e9, '.2f'):>12}"
+                     f"{_num(doc['latency_ms'][g], '.1f'):>12}"
+                     f"{_num(doc.get(g + '_gflops'), '.1f'):>10}{_num(eager.get('latency_ms', {}).get(g), '.1f'):>10}"
                      f"{_num(eager.get(g + '_gflops'), '.1f'):>15}")
-    lines.append(f"  matmul    {doc['matmul']['source']}: {doc['matmul_gflops']:.1f} GFLOP/s "
-                 f"(encoder at {doc['encoder_gflops'] / doc['matmul_gflops']:.0%} of it)")
+    if "decoder" in doc["latency_ms"]:
+        lines.append(f"  (decoder: once per sampler run, on the {s['batch']} final samples)")
+    share = ("" if doc.get("encoder_gflops") is None
+             else f" (encoder at {doc['encoder_gflops'] / doc['matmul_gflops']:.0%} of it)")
+    lines.append(f"  matmul    {doc['matmul']['source']}: {doc['matmul_gflops']:.1f} GFLOP/s{share}")
+    if "flops" in not_run:
+        lines.append(f"  FLOPs not counted: {not_run['flops']}")
     lines += ["", f"  {'sampler run':<34}{'time s':>9}"]
-    for name, label in (("dual_rate", "dual-rate (spec)"), ("single_rate", "single-rate (refresh every step)"),
-                        ("torch_eager", "torch eager, dual-rate")):
+    for name, label in RUN_LABELS:
         if name in doc["times_s"]:
             lines.append(f"  {label:<34}{doc['times_s'][name]:>9.2f}")
+        elif name in not_run:
+            lines.append(f"  {label:<34}{'not run':>9}: {not_run[name]}")
     lines.append("")
-    if "speedup_realized" in doc:
-        lines.append(f"  speedup realized {doc['speedup_realized']:.2f}x of bound {doc['speedup_bound']:.2f}x "
+    bound = doc.get("speedup_bound")
+    if "speedup_realized" in doc and bound is not None:
+        lines.append(f"  speedup realized {doc['speedup_realized']:.2f}x of bound {bound:.2f}x "
                      f"({doc['speedup_fraction_of_bound']:.0%})")
-    else:
-        lines.append(f"  speedup bound {doc['speedup_bound']:.2f}x (single rate not measured)")
-    if "vs_torch_eager" in doc and t["effective_precision"] == "fp32":
-        lines.append(f"  vs torch eager   {doc['vs_torch_eager']:.2f}x (ceiling {doc['vs_torch_eager_ceiling']:.2f}x: "
+    elif "speedup_realized" in doc:
+        lines.append(f"  speedup realized {doc['speedup_realized']:.2f}x (FLOP bound not counted)")
+    elif bound is not None:
+        lines.append(f"  speedup bound {bound:.2f}x (single rate not measured)")
+    ceiling = doc.get("vs_torch_eager_ceiling")
+    if "vs_torch_eager" in doc and ceiling is None:
+        lines.append(f"  vs torch eager   {doc['vs_torch_eager']:.2f}x (FLOPs not counted: no ceiling)")
+    elif "vs_torch_eager" in doc and t["effective_precision"] == "fp32":
+        lines.append(f"  vs torch eager   {doc['vs_torch_eager']:.2f}x (ceiling {ceiling:.2f}x: "
                      f"every FLOP at the matmul rate; this run: {doc['dual_rate_fraction_of_matmul']:.0%} of it)")
     elif "vs_torch_eager" in doc:       # the ceiling is fp32 arithmetic; this run did less precise, cheaper work
         lines.append(f"  vs torch eager   {doc['vs_torch_eager']:.2f}x (computing in {t['effective_precision']} against "
-                     f"fp32 eager; the fp32 ceiling {doc['vs_torch_eager_ceiling']:.2f}x does not apply)")
+                     f"fp32 eager; the fp32 ceiling {ceiling:.2f}x does not apply)")
     lines.append(f"  loop overhead    {doc['loop_overhead']:.1%} of sampler wall time")
     return "\n".join(lines)
 

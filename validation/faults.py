@@ -2,15 +2,16 @@
 
 Each fault is applied to a copy of the bundle or as a wrapper around the
 backend runner, and ``self_test`` runs the full validation once per fault; every
-one must end FAILED. The faults (VALIDATION.md):
+one must end FAILED. The faults:
 
 * ``weight_perturbed``: every encoder weight tensor multiplied by (1 + 1e-3 * random sign) in
   a re-hashed copy of the bundle — a silently wrong export;
 * ``refresh_shifted``: the backend loop refreshes one step late (every refresh after step 0 + 1);
 * ``features_swapped``: two feature outputs trade places (same-shaped outputs), or, when every
   output has its own shape, the feature rows of two samples are exchanged;
-* ``context_logsnr_current``: the denoiser gets lambda_i instead of the cached lambda_ctx;
-* ``guidance_one_net``: the uncond branch's encoder call gets the conditional class — guidance
+* ``context_time_current``: the denoiser's time_ctx gets the current step's time instead of the
+  refresh step's;
+* ``guidance_one_net``: the uncond branch's encoder call gets the conditional rows — guidance
   applied to the denoiser only;
 * ``bf16_under_fp32_gate``: outputs rounded to bfloat16 (what a silent bf16 backend computes),
   judged with the fp32 gate.
@@ -34,59 +35,84 @@ from .validate import ValidateOptions, validate
 
 
 class _Wrapper:
-    """Runner wrapper base: forwards everything, hooks override encode/denoise."""
+    """Runner wrapper base: forwards everything by name, hooks override encode/denoise."""
 
     def __init__(self, inner: Any):
         self.inner = inner
+        self.spec = inner.spec
 
-    def encode(self, z, logsnr, class_id):
-        return self.inner.encode(z, logsnr, class_id)
+    def encode(self, feeds):
+        return self.inner.encode(feeds)
 
-    def denoise(self, z, logsnr, logsnr_ctx, class_id, features):
-        return self.inner.denoise(z, logsnr, logsnr_ctx, class_id, features)
+    def denoise(self, feeds):
+        return self.inner.denoise(feeds)
+
+    def decode(self, feeds):
+        return self.inner.decode(feeds)
 
     def features_to_numpy(self, features):
-        if isinstance(features, list) and features and isinstance(features[0], np.ndarray):
-            return features
+        if all(isinstance(v, np.ndarray) for v in features.values()):
+            return dict(features)
         return self.inner.features_to_numpy(features)
+
+    def inputs(self, graph: str, role: str) -> list[str]:
+        """Names of ``graph``'s inputs fed ``role`` (a prefix such as ``cond:`` matches a family)."""
+        gio = self.spec.model.graphs()[graph]
+        return [i.name for i in gio.inputs if i.feeds == role or (role.endswith(":") and i.feeds.startswith(role))]
 
 
 class SwapFeatures(_Wrapper):
-    def encode(self, z, logsnr, class_id):
-        feats = list(self.inner.features_to_numpy(self.inner.encode(z, logsnr, class_id)))
-        shapes = [f.shape for f in feats]
-        pair = next(((i, j) for i in range(len(feats)) for j in range(i + 1, len(feats)) if shapes[i] == shapes[j]), None)
+    def encode(self, feeds):
+        feats = self.inner.features_to_numpy(self.inner.encode(feeds))
+        names = list(feats)
+        shapes = [feats[n].shape for n in names]
+        pair = next(((i, j) for i in range(len(names)) for j in range(i + 1, len(names)) if shapes[i] == shapes[j]), None)
         if pair:
-            i, j = pair
-            feats[i], feats[j] = feats[j], feats[i]
+            a, b = names[pair[0]], names[pair[1]]
+            feats[a], feats[b] = feats[b], feats[a]
         else:
-            feats = [np.ascontiguousarray(f[::-1]) for f in feats]     # rows of two samples exchanged
+            feats = {n: np.ascontiguousarray(f[::-1]) for n, f in feats.items()}     # rows of two samples exchanged
         return feats
 
 
-class CurrentLogSnrAsContext(_Wrapper):
-    def denoise(self, z, logsnr, logsnr_ctx, class_id, features):
-        return self.inner.denoise(z, logsnr, logsnr, class_id, features)
+class CurrentTimeAsContext(_Wrapper):
+    """The denoiser's time_ctx input gets the current step's time instead of the refresh step's."""
+
+    def denoise(self, feeds):
+        feeds = dict(feeds)
+        for ctx, now in zip(self.inputs("denoiser", "time_ctx"), self.inputs("denoiser", "time")):
+            feeds[ctx] = feeds[now].astype(feeds[ctx].dtype)
+        return self.inner.denoise(feeds)
 
 
 class GuidanceOnOneNet(_Wrapper):
-    """The encoder never sees the null class: uncond rows are encoded with the cond labels."""
+    """The encoder never sees the null conditioning: uncond rows are encoded with the cond rows."""
 
-    def __init__(self, inner: Any, null_class: int):
+    def __init__(self, inner: Any, nulls: dict[str, np.ndarray]):
         super().__init__(inner)
-        self.null = null_class
-        self.last_cond: np.ndarray | None = None
+        from dualrate.exporter.conditioning import null_row
 
-    def encode(self, z, logsnr, class_id):
-        cls = class_id.copy()
-        null_rows = cls == self.null
-        if null_rows.all() and self.last_cond is not None and len(self.last_cond) == len(cls):
-            cls = self.last_cond.copy()                            # per-branch calls
-        elif null_rows.any() and not null_rows.all():
-            cls[null_rows] = cls[~null_rows][: int(null_rows.sum())]   # batched [cond; uncond]
-        if not null_rows.all():
-            self.last_cond = class_id[~null_rows].copy()
-        return self.inner.encode(z, logsnr, cls)
+        self.null = {i.name: null_row(self.spec.model.condition(i.feeds[len("cond:"):]), nulls)
+                     for i in self.spec.model.encoder.inputs if i.feeds.startswith("cond:")}
+        self.last_cond: dict[str, np.ndarray] = {}
+
+    def encode(self, feeds):
+        feeds = dict(feeds)
+        if not self.null:
+            return self.inner.encode(feeds)
+        first = next(iter(self.null))
+        rows = feeds[first]
+        null_rows = np.all((rows == self.null[first]).reshape(len(rows), -1), axis=1)
+        for name in self.null:
+            value = feeds[name].copy()
+            if null_rows.all() and name in self.last_cond and len(self.last_cond[name]) == len(value):
+                value = self.last_cond[name].copy()                          # per-branch calls
+            elif null_rows.any() and not null_rows.all():
+                value[null_rows] = value[~null_rows][: int(null_rows.sum())]   # batched [cond; uncond]
+            if not null_rows.all():
+                self.last_cond[name] = feeds[name][~null_rows].copy()
+            feeds[name] = value
+        return self.inner.encode(feeds)
 
 
 def bf16_round(x: np.ndarray) -> np.ndarray:
@@ -97,11 +123,11 @@ def bf16_round(x: np.ndarray) -> np.ndarray:
 
 
 class Bf16Outputs(_Wrapper):
-    def encode(self, z, logsnr, class_id):
-        return [bf16_round(f) for f in self.inner.features_to_numpy(self.inner.encode(z, logsnr, class_id))]
+    def encode(self, feeds):
+        return {n: bf16_round(f) for n, f in self.inner.features_to_numpy(self.inner.encode(feeds)).items()}
 
-    def denoise(self, z, logsnr, logsnr_ctx, class_id, features):
-        return bf16_round(self.inner.denoise(z, logsnr, logsnr_ctx, class_id, features))
+    def denoise(self, feeds):
+        return bf16_round(self.inner.denoise(feeds))
 
 
 def perturb_weights(bundle_dir: Path, graph: str = "encoder", rel: float = 1e-3, seed: int = 0) -> int:
@@ -132,7 +158,7 @@ def perturb_weights(bundle_dir: Path, graph: str = "encoder", rel: float = 1e-3,
     return changed
 
 
-FAULTS = ("weight_perturbed", "refresh_shifted", "features_swapped", "context_logsnr_current",
+FAULTS = ("weight_perturbed", "refresh_shifted", "features_swapped", "context_time_current",
           "guidance_one_net", "bf16_under_fp32_gate")
 
 
@@ -163,13 +189,19 @@ def self_test(bundle_path: str | Path, opts: ValidateOptions,
                 note = f"backend refreshes at {shifted} instead of {list(steps)}"
             elif fault == "features_swapped":
                 fault_opts.runner_wrapper = SwapFeatures
-            elif fault == "context_logsnr_current":
-                fault_opts.runner_wrapper = CurrentLogSnrAsContext
+            elif fault == "context_time_current":
+                if not any(i.feeds == "time_ctx" for i in spec.model.denoiser.inputs):
+                    rows.append(_row(fault, None, "not applicable: the denoiser takes no time_ctx input"))
+                    continue
+                fault_opts.runner_wrapper = CurrentTimeAsContext
             elif fault == "guidance_one_net":
                 if spec.guidance.scale == 1.0:
                     rows.append(_row(fault, None, "not applicable: the bundle samples without guidance"))
                     continue
-                fault_opts.runner_wrapper = lambda r: GuidanceOnOneNet(r, spec.model.null_class)
+                if not any(i.feeds.startswith("cond:") for i in spec.model.encoder.inputs):
+                    rows.append(_row(fault, None, "not applicable: the encoder takes no conditioning"))
+                    continue
+                fault_opts.runner_wrapper = lambda r: GuidanceOnOneNet(r, bundle.nulls())
             elif fault == "bf16_under_fp32_gate":
                 fault_opts.runner_wrapper = Bf16Outputs
                 fault_opts.gate_precision = "fp32"

@@ -40,6 +40,12 @@ LAYER_INFO = {
 GRAPH_LAYERS = ("structural", "graph", "teacher_forced")
 STATUS_TEXT = {"passed": "passed", "failed": "FAILED", "not_run": "not run"}
 IMAGE_FILES = {"reference": "samples_reference.png", "backend": "samples_backend.png", "heatmap": "error_heatmap.png"}
+# the decoder's output on the final samples (a bundle with a decoder): the images a user actually gets
+DECODED_FILES = {"reference": "decoded_reference.png", "backend": "decoded_backend.png",
+                 "heatmap": "decoded_heatmap.png"}
+# which arrays of ``layers.free_running`` each image section shows
+IMAGE_SETS = {"final": (IMAGE_FILES, "reference_final", "backend_final"),
+              "decoded": (DECODED_FILES, "reference_decoded", "backend_decoded")}
 MIN_TILE_PX = 64
 MAX_TILES = 64            # a huge batch would make an unreadable grid; show the first ones and say so
 
@@ -411,12 +417,15 @@ def _layout(result: dict[str, Any], n: int, c: int, per_channel: bool) -> int:
 
 
 def _write_images(result: dict[str, Any], arrays: dict[str, np.ndarray], out: Path,
-                  data_range: tuple[float, float]) -> dict[str, Any]:
-    """Reference, backend and heatmap PNGs with the same layout; returns what the page states."""
-    total = len(_as_nchw(arrays["reference_final"], limit=None))
-    ref, got = _as_nchw(arrays["reference_final"]), _as_nchw(arrays["backend_final"])
+                  data_range: tuple[float, float], which: str = "final") -> dict[str, Any]:
+    """Reference, backend and heatmap PNGs with the same layout; returns what the page states.
+    ``which``: the final samples or the decoded output (``IMAGE_SETS``)."""
+    files, ref_key, got_key = IMAGE_SETS[which]
+    total = len(_as_nchw(arrays[ref_key], limit=None))
+    ref, got = _as_nchw(arrays[ref_key]), _as_nchw(arrays[got_key])
+    what = "final samples" if which == "final" else "decoded outputs"
     if ref.shape != got.shape:
-        raise ValueError(f"reference {ref.shape} and backend {got.shape} final samples differ in shape")
+        raise ValueError(f"reference {ref.shape} and backend {got.shape} {what} differ in shape")
     n, c, h, w = ref.shape
     lo, hi = data_range
     scale = max(1, math.ceil(MIN_TILE_PX / min(h, w)))
@@ -435,7 +444,7 @@ def _write_images(result: dict[str, Any], arrays: dict[str, np.ndarray], out: Pa
     sizes = {}
     for key, img in (("reference", ref_u8), ("backend", got_u8), ("heatmap", heat.transpose(0, 3, 1, 2))):
         pixels = grid(img, rows, scale=scale)
-        write_png(out / IMAGE_FILES[key], pixels)
+        write_png(out / files[key], pixels)
         sizes[key] = (pixels.shape[1], pixels.shape[0])
     return {"sizes": sizes, "vmax": vmax, "non_finite": int(diff.size - finite.size),
             "differing_u8": int(np.count_nonzero(ref_u8 != got_u8)), "pixels_u8": int(ref_u8.size),
@@ -547,7 +556,8 @@ def _provenance(result: dict[str, Any]) -> list[tuple[str, str]]:
                      f"(format {result.get('format_version', '?')})"),
             ("bundle", b.get("path")), ("spec sha256", b.get("spec_sha256"))]
     rows += [(f"graph {g} sha256", h) for g, h in (b.get("graphs") or {}).items()]
-    if b.get("source_checkpoint_sha256"):
+    rows += _source_rows(result.get("source"))
+    if b.get("source_checkpoint_sha256") and not isinstance(result.get("source"), dict):
         rows.append(("source checkpoint sha256", b["source_checkpoint_sha256"]))
     rows += [("backend", t.get("backend")), ("device", t.get("device")), ("runtime version", t.get("runtime_version")),
              ("requested precision", t.get("requested_precision")), ("effective precision", t.get("effective_precision")),
@@ -559,6 +569,20 @@ def _provenance(result: dict[str, Any]) -> list[tuple[str, str]]:
     gname, gate = _gate(result)
     rows.append(("gate", _gate_text(gname, gate)))
     return [(k, "\u2014" if v is None else str(v)) for k, v in rows]
+
+
+def _source_rows(source: Any) -> list[tuple[str, Any]]:
+    """Where the bundle's model came from (the manifest's ``source``): a checkpoint (name, path)
+    or a model handed over in Python (its classes), with the weights' sha256."""
+    if not isinstance(source, dict):
+        return []
+    kind = source.get("kind")
+    what = {"checkpoint": "checkpoint", "python": "Python model"}.get(kind, str(kind or "unknown"))
+    rows: list[tuple[str, Any]] = [("source", f"{what} {source.get('name') or ''}".strip())]
+    if source.get("path"):
+        rows.append(("source path", source["path"]))
+    rows.append(("source sha256", source.get("sha256")))
+    return rows
 
 
 def _header_html(result: dict[str, Any]) -> str:
@@ -590,19 +614,54 @@ def _layer_reason(result: dict[str, Any], name: str) -> str | None:
 
 
 def _images_html(result: dict[str, Any], arrays: dict[str, np.ndarray], out: Path,
-                 data_range: tuple[float, float]) -> str:
-    head = "<h2>Final samples</h2>"
-    if not arrays or "reference_final" not in arrays or "backend_final" not in arrays:
-        for f in IMAGE_FILES.values():           # never let a previous run's images sit beside this page
+                 data_range: tuple[float, float], decoded_range: tuple[float, float] | None = None) -> str:
+    """The final samples, then (for a bundle with a decoder) the decoded outputs."""
+    parts = [_image_section(result, arrays, out, data_range, "final")]
+    decoded = _image_section(result, arrays, out, _decoded_range(result, decoded_range), "decoded")
+    if decoded:
+        parts.append(decoded)
+    return "\n".join(parts)
+
+
+def _has_decoder(result: dict[str, Any]) -> bool:
+    return "decoder" in ((result.get("bundle") or {}).get("graphs") or {})
+
+
+def _decoded_range(result: dict[str, Any], given: tuple[float, float] | None) -> tuple[float, float]:
+    """The decoded output's data range: the caller's, else the one the results document records
+    (``decoder.data_range``), else [-1, 1]."""
+    if given is not None:
+        return tuple(float(x) for x in given)
+    rec = (result.get("decoder") or {}).get("data_range")
+    if isinstance(rec, (list, tuple)) and len(rec) == 2 and all(isinstance(x, (int, float)) for x in rec) \
+            and rec[0] < rec[1]:
+        return float(rec[0]), float(rec[1])
+    return -1.0, 1.0
+
+
+def _image_section(result: dict[str, Any], arrays: dict[str, np.ndarray], out: Path,
+                   data_range: tuple[float, float], which: str) -> str:
+    files, ref_key, got_key = IMAGE_SETS[which]
+    head = "<h2>Final samples</h2>" if which == "final" else "<h2>Decoded output</h2>"
+    if not arrays or ref_key not in arrays or got_key not in arrays:
+        for f in files.values():                 # never let a previous run's images sit beside this page
             (out / f).unlink(missing_ok=True)
-        why = _layer_reason(result, "free_running") or "no final samples were recorded"
+        if which == "decoded" and not _has_decoder(result):
+            return ""                            # no decoder: nothing to decode, no section
+        why = _layer_reason(result, "free_running") or (
+            "no final samples were recorded" if which == "final" else "no decoded outputs were recorded")
         return f'{head}<p class="notrun">not run: {_e(why)}</p>'
     try:
-        info = _write_images(result, arrays, out, data_range)
+        info = _write_images(result, arrays, out, data_range, which)
     except ValueError as exc:                    # a bad array must not cost the rest of the report
+        for f in files.values():
+            (out / f).unlink(missing_ok=True)
         return f'{head}<p class="warn">images not shown: {_e(exc)}</p>'
     n, total = info["count"], info["total"]
-    note = f"first {n} of {total} samples; " if total > n else f"{n} samples; "
+    what = "samples" if which == "final" else "decoded outputs"
+    note = f"first {n} of {total} {what}; " if total > n else f"{n} {what}; "
+    if which == "decoded":
+        note = "the decoder's output on the final samples; " + note
     note += (f"{info['channels']} channels shown as grey tiles, one row per sample; " if info["per_channel"] else "")
     note += f"data range {_fmt(data_range[0], 'g')} \u2026 {_fmt(data_range[1], 'g')}, upscaled \u00d7{info['scale']}"
     heat = (f"|backend \u2212 reference|, colour scale 0 (dark) \u2026 {_fmt(info['vmax'])} (yellow); "
@@ -615,7 +674,7 @@ def _images_html(result: dict[str, Any], arrays: dict[str, np.ndarray], out: Pat
     for key, cap in (("reference", "reference"), ("backend", f"backend ({_e((result.get('target') or {}).get('backend', '?'))})"),
                      ("heatmap", _e(heat))):
         w, h = info["sizes"][key]
-        figs.append(f'<figure><img src="{IMAGE_FILES[key]}" width="{w}" height="{h}" alt="{key}">'
+        figs.append(f'<figure><img src="{files[key]}" width="{w}" height="{h}" alt="{which} {key}">'
                     f"<figcaption>{cap}</figcaption></figure>")
     return (f'{head}<p class="muted">{_e(note)}; {info["differing_u8"]} of {info["pixels_u8"]} 8-bit pixel values '
             f'differ after quantisation.</p><div class="images">{"".join(figs)}</div>')
@@ -679,12 +738,18 @@ def render_html(result: dict[str, Any], images_html: str) -> str:
 
 
 def write_html(result: dict[str, Any], arrays: dict[str, np.ndarray], out_dir: str | Path,
-               data_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
+               data_range: tuple[float, float] = (-1.0, 1.0),
+               decoded_range: tuple[float, float] | None = None) -> Path:
     """``out_dir/report.html`` plus its PNGs beside it; returns the HTML path. The images are
-    written first, so the page never points at a missing or partial file."""
+    written first, so the page never points at a missing or partial file.
+
+    ``data_range`` maps the final samples to pixels; ``decoded_range`` the decoder's output
+    (``reference_decoded``/``backend_decoded``, shown where the bundle has a decoder), by default
+    the ``decoder.data_range`` the results document records, else [-1, 1]."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    page = render_html(result, _images_html(result, arrays or {}, out, tuple(data_range)))
+    page = render_html(result, _images_html(result, arrays or {}, out, tuple(data_range),
+                                            None if decoded_range is None else tuple(decoded_range)))
     path = out / "report.html"
     atomic_write_bytes(path, page.encode("utf-8"))
     return path

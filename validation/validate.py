@@ -61,7 +61,8 @@ def validate(bundle_path: str | Path, opts: ValidateOptions) -> tuple[dict[str, 
     compiled = None
     if reason is None:
         try:
-            compiled = target.compile(bundle, opts.precision)
+            extra = {"model": opts.model} if opts.model is not None and target.converts_from_model else {}
+            compiled = target.compile(bundle, opts.precision, **extra)
         except BackendUnavailableError as exc:
             reason = str(exc)
     if compiled is None:
@@ -154,7 +155,7 @@ def _header(bundle: Bundle, opts: ValidateOptions) -> dict[str, Any]:
     return {"tool": "dualrate validate", "format_version": 1, "dualrate_version": __version__,
             "bundle": {"path": str(bundle.path), "spec_sha256": bundle.file_hash("spec.json"),
                        "graphs": {g: bundle.file_hash(f"{g}.onnx") for g in bundle.graph_names()},
-                       "source_checkpoint_sha256": bundle.manifest.get("source_checkpoint", {}).get("sha256")},
+                       "source_checkpoint_sha256": (bundle.manifest.get("source_checkpoint") or {}).get("sha256")},
             "source": bundle.manifest.get("source"),
             "target": {"backend": opts.target, "requested_precision": opts.precision, "effective_precision": None},
             "reference": opts.reference, "gates": {}, "shapes": {}}

@@ -10,10 +10,12 @@ from pathlib import Path
 def add_bench_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure sampling speed on a backend against the FLOP-model bound",
                        description="Time BUNDLE on --target after a warm-up, interleaved, medians over repeats: "
-                                   "per-graph latency and GFLOP/s, the spec's dual-rate sampler, the same backend "
-                                   "refreshing at every step, the PyTorch eager reference, the loop overhead and "
-                                   "this machine's fp32 matmul rate. FLOPs are counted on the source checkpoint's "
-                                   "modules (verified by sha256).")
+                                   "per-graph latency and GFLOP/s (encoder, denoiser, and the decoder where the "
+                                   "bundle has one), the spec's dual-rate sampler, the same backend refreshing at "
+                                   "every step, the PyTorch eager reference, the loop overhead and this machine's "
+                                   "fp32 matmul rate. FLOPs are counted on the source checkpoint's modules "
+                                   "(verified by sha256); a bundle exported from a Python model has no checkpoint, "
+                                   "so its FLOPs and eager row are reported as not run.")
     p.add_argument("bundle", type=Path)
     p.add_argument("--target", required=True, help="onnxruntime, openvino, coreml or tensorrt")
     p.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16 (per backend)")
@@ -30,12 +32,13 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from dualrate.validation.bench import BenchOptions, bench, console_table
+    from dualrate.api import bench
+    from dualrate.validation.bench import console_table
 
-    opts = BenchOptions(target=args.target, precision=args.precision, batch=args.batch, repeats=args.repeats,
-                        threads=args.threads, seed=args.seed, checkpoint=args.checkpoint,
-                        single_rate=not args.no_single_rate, torch_eager=not args.no_torch)
-    doc = bench(args.bundle, opts, progress=lambda m: print(f"  {m}", file=sys.stderr))
+    doc = bench(args.bundle, target=args.target, precision=args.precision, batch=args.batch, repeats=args.repeats,
+                threads=args.threads, seed=args.seed, checkpoint=args.checkpoint,
+                single_rate=not args.no_single_rate, torch_eager=not args.no_torch,
+                progress=lambda m: print(f"  {m}", file=sys.stderr))
     if args.json:
         from dualrate.validation.reports import write_json
         write_json(doc, args.json)
