@@ -172,13 +172,15 @@ class ValidationReport:
 
 def validate(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32", reference: Any = "auto",
              checkpoint: str | Path | None = None, gate_overrides: Mapping[str, Mapping[str, float]] | None = None,
-             gate_precision: str | None = None, threads: int = 0) -> ValidationReport:
+             gate_precision: str | None = None, threads: int = 0,
+             conditioning: Mapping[str, Any] | None = None) -> ValidationReport:
     """Layered, fail-closed parity of the compiled bundle against the reference sampler.
 
     ``reference``: ``"auto"``, ``"torch"`` (the source checkpoint), ``"golden"`` (the bundle's
     vectors, no PyTorch needed) or a ``DualRateModel`` (the model the bundle was exported from,
-    checked by its weights' sha256). Returns a ``ValidationReport`` (never raises for a parity
-    failure: read ``.verdict``).
+    checked by its weights' sha256). ``conditioning`` (name -> rows) replaces the recorded
+    conditioning of the reference trajectories; it needs a live reference. Returns a
+    ``ValidationReport`` (never raises for a parity failure: read ``.verdict``).
     """
     from dualrate.exporter.model_pair import DualRateModel
     from dualrate.validation.validate import ValidateOptions
@@ -188,7 +190,9 @@ def validate(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32
     opts = ValidateOptions(target=target, precision=precision, reference="torch" if model else reference,
                            checkpoint=None if checkpoint is None else Path(checkpoint), gate_precision=gate_precision,
                            gate_overrides={k: dict(v) for k, v in (gate_overrides or {}).items()}, threads=threads,
-                           model=model)
+                           model=model,
+                           conditioning=None if conditioning is None else {k: np.asarray(v)
+                                                                           for k, v in conditioning.items()})
     doc, arrays = run_layers(_bundle(bundle).path, opts)
     return ValidationReport(doc, arrays)
 

@@ -18,8 +18,11 @@ backend verifies against its own ``compile.json``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import mmap
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadInputError, BundleError, SpecError
+from .graph_checks import check_scans, is_graph_file, scan_graph
 from .jsonio import read_json
 from .spec import Spec
 
@@ -43,6 +47,21 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _mapped(path: Path):
+    """A read-only view of the file's bytes (memory-mapped: no copy on the heap)."""
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            yield b""
+            return
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            try:
+                yield view
+            finally:
+                view.release()
 
 
 def _payload_files(root: Path) -> list[str]:
@@ -137,14 +156,19 @@ def open_bundle(path: str | Path) -> Bundle:
     if extra:
         raise BundleError(f"bundle {root}: file(s) {extra} are not in the manifest; remove them or re-export "
                           "(nothing runs on an unverified bundle)")
+    scans = {}
     for rel, want in sorted(listed.items()):
         path = root / rel
         if path.is_symlink() or not path.is_file():
             # a link could point anywhere (or nowhere): bundles hold regular files only
             raise BundleError(f"bundle {root}: {rel} is not a regular file (a link or a directory); "
                               "re-export the bundle")
+        # a graph is hashed and then checked from one mapping of the file: read from disk once
         try:
-            got = sha256_file(path)
+            with _mapped(path) if is_graph_file(rel) else contextlib.nullcontext() as data:
+                got = sha256_file(path) if data is None else hashlib.sha256(data).hexdigest()
+                if got == want and data is not None:
+                    scans[rel] = scan_graph(root, rel, data)
         except OSError as exc:
             raise BundleError(f"bundle {root}: {rel} cannot be read ({exc})") from None
         if got != want:
@@ -161,6 +185,8 @@ def open_bundle(path: str | Path) -> Bundle:
         if c.null_kind == "file" and c.null_file not in listed:
             raise BundleError(f"bundle {root}: the manifest lists no {c.null_file} (the null value of conditioning "
                               f"{c.name!r}); re-export the bundle")
+    # external data inside the bundle, domains, tensor sizes, I/O as the spec binds it (graph_checks)
+    check_scans(root, spec, listed, scans)
     return Bundle(root, manifest, spec)
 
 

@@ -49,8 +49,10 @@ def check_conditioning(spec: Spec, cond: Mapping[str, Any] | Sequence[int] | np.
     if not isinstance(cond, Mapping):
         cls = class_input(spec)
         if cls is None:
-            raise BadInputError(f"conditioning was given as a list, but this model's conditioning is "
-                                f"{_names(declared)}; pass a mapping name -> array")
+            if not declared:
+                raise BadInputError("conditioning was given, but this model takes no conditioning; pass none")
+            raise BadInputError(f"conditioning was given as a list, but this model takes {_names(declared)}; "
+                                "pass a mapping name -> array")
         cond = {cls.name: cond}
     unknown = sorted(set(cond) - {c.name for c in declared})
     if unknown:
@@ -58,8 +60,7 @@ def check_conditioning(spec: Spec, cond: Mapping[str, Any] | Sequence[int] | np.
     out: dict[str, np.ndarray] = {}
     for c in declared:
         if c.name not in cond:
-            raise BadInputError(f"conditioning {c.name!r} is missing; this model takes {_names(declared)} "
-                                f"({c.name}: {c.dtype} [batch, {', '.join(map(str, c.shape))}])".replace(", ])", "])"))
+            raise BadInputError(f"conditioning {c.name!r} is missing; this model takes {_names(declared)}")
         out[c.name] = _coerce(c, cond[c.name])
     sizes = {name: len(a) for name, a in out.items()}
     if len(set(sizes.values())) > 1:
@@ -79,11 +80,11 @@ def _coerce(c: ConditioningSpec, value: Any) -> np.ndarray:
     want = np_dtype(c.dtype)
     integral = np.issubdtype(want, np.integer) or want is np.bool_
     if arr.dtype.kind not in ("i", "u", "b", "f"):
-        raise BadInputError(f"conditioning {c.name!r} has dtype {arr.dtype}; expected {c.dtype}")
+        raise BadInputError(f"conditioning {c.name!r} has dtype {arr.dtype}; expected {_signature(c)}")
     if integral and arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
             raise BadInputError(f"conditioning {c.name!r} has dtype {arr.dtype} with non-integer values; "
-                                f"expected {c.dtype}")
+                                f"expected {_signature(c)}")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise BadInputError(f"conditioning {c.name!r} contains NaN or Inf")
     arr = arr.astype(want)
@@ -127,5 +128,9 @@ def batch_size(cond: Mapping[str, np.ndarray]) -> int | None:
     return len(next(iter(cond.values()))) if cond else None
 
 
+def _signature(c: ConditioningSpec) -> str:
+    return f"{c.dtype} [batch{''.join(f', {d}' for d in c.shape)}]"
+
+
 def _names(declared: Sequence[ConditioningSpec]) -> str:
-    return ", ".join(repr(c.name) for c in declared) or "no conditioning"
+    return ", ".join(f"{c.name!r} ({_signature(c)})" for c in declared) or "no conditioning"

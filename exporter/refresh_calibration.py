@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from .errors import BadInputError
-from .spec import FEATURE_PREFIX, ROLE_TIME, ROLE_TIME_CTX, Spec
+from .sampling import time_values
+from .spec import FEATURE_PREFIX, ROLE_TIME_CTX, Spec
 
 CALIBRATION_DEFAULTS = {"batch": 4, "seed": 0}
 
@@ -31,8 +32,7 @@ CALIBRATION_DEFAULTS = {"batch": 4, "seed": 0}
 @dataclass
 class _Cache:
     features: Any
-    time: np.ndarray            # the time input the features were computed at (the denoiser's time_ctx)
-    step: int
+    step: int                   # the step the features were computed at (the denoiser's time_ctx)
 
 
 class _DriftRunner:
@@ -51,7 +51,7 @@ class _DriftRunner:
         self.drift: list[float | None] = [None] * spec.sampler.num_steps
         self._caches: dict[int, _Cache] = {}
         den = spec.model.denoiser.inputs
-        self._time = next((i.name for i in spec.model.encoder.inputs if i.feeds == ROLE_TIME), None)
+        self._times = time_values(spec)
         self._ctx = next((i.name for i in den if i.feeds == ROLE_TIME_CTX), None)
         self._feature_inputs = {i.name: i.feeds[len(FEATURE_PREFIX):] for i in den if i.feeds.startswith(FEATURE_PREFIX)}
 
@@ -70,8 +70,7 @@ class _DriftRunner:
         if adopt:
             if key == 0 and (not self.refresh_steps or self.refresh_steps[-1] != i):
                 self.refresh_steps.append(i)
-            time = feeds[self._time].copy() if self._time else None
-            self._caches[key] = _Cache(fresh, time, i)
+            self._caches[key] = _Cache(fresh, i)
         return self._caches[key].features
 
     def denoise(self, feeds: dict[str, Any]) -> np.ndarray:
@@ -79,8 +78,8 @@ class _DriftRunner:
         feeds = dict(feeds)
         for name, feature in self._feature_inputs.items():
             feeds[name] = cache.features[feature]
-        if self._ctx is not None and cache.time is not None:
-            feeds[self._ctx] = cache.time.astype(feeds[self._ctx].dtype)
+        if self._ctx is not None:
+            feeds[self._ctx] = np.full(len(feeds[self._ctx]), self._times[cache.step]).astype(feeds[self._ctx].dtype)
         return self.inner.denoise(feeds)
 
     def features_to_numpy(self, features: Any) -> dict[str, np.ndarray]:

@@ -95,17 +95,15 @@ class _CtxDenoiser(nn.Module):
         return self.conv(torch.cat([x, feat], 1)) * (1 + (t - t_ctx)[:, None, None, None])
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: _DriftRunner takes the cached features' time_ctx from the "
-                   "encoder's time input; an encoder without one gets the current step's time during "
-                   "calibration, so the calibration run is not the sampler's (see exporter/refresh_calibration.py)")
 def test_calibration_replays_for_an_encoder_without_a_time_input():
     from dualrate.exporter.export import spec_for_model
     from dualrate.exporter.model_pair import SAMPLE, TIME, TIME_CTX, DualRateModel, feature
     from dualrate.exporter.torch_runner import TorchReferenceRunner
 
     torch.manual_seed(0)
-    model = DualRateModel(_TimelessEncoder(), _CtxDenoiser(), {"x": SAMPLE},
-                          {"x": SAMPLE, "t": TIME, "t_ctx": TIME_CTX, "feat": feature("feat0")}, (1, 8, 8), "eps").eval()
+    model = DualRateModel(_TimelessEncoder(), _CtxDenoiser(), encoder_inputs={"x": SAMPLE},
+                          denoiser_inputs={"x": SAMPLE, "t": TIME, "t_ctx": TIME_CTX, "feat": feature("feat0")},
+                          sample_shape=(1, 8, 8), prediction="eps").eval()
     spec = spec_for_model(model, SamplerOptions(num_steps=12, refresh="calibrated",
                                                 refresh_params={"threshold": 0.3, "batch": 2}), {})
     steps = spec.dual_rate.resolved_refresh_steps

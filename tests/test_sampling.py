@@ -221,7 +221,8 @@ class TextDenoiser(nn.Module):
         self.proj = nn.Linear(D, 1)
 
     def forward(self, x, t, text, mid):
-        return self.conv(torch.cat([x, mid], 1)) + self.proj(text.mean(1))[:, :, None, None] * (1 + t[:, None, None, None] / 30)
+        scale = 1 + t[:, None, None, None] / 30
+        return self.conv(torch.cat([x, mid], 1)) + self.proj(text.mean(1))[:, :, None, None] * scale
 
 
 def text_model(null_text=NULL_TEXT, seed=0) -> DualRateModel:
@@ -276,7 +277,8 @@ def text_reference(model, spec, conditioning, noise):
                 z = x
                 break
             c = 1 - np.exp(lt - ls)
-            z = float(a_s * (1 - c) / a_t) * z + float(a_s * c) * x + float(s_s * np.sqrt(c)) * torch.from_numpy(noise.steps[i])
+            xi = torch.from_numpy(noise.steps[i])
+            z = float(a_s * (1 - c) / a_t) * z + float(a_s * c) * x + float(s_s * np.sqrt(c)) * xi
     return z.numpy()
 
 
@@ -324,13 +326,14 @@ def _good():
     (lambda: {**_good(), "mask": np.full((2, L), 0.5)},
      r"conditioning 'mask' has dtype float64 with non-integer values; expected int64"),
     (lambda: {**_good(), "prompt": np.zeros((2, L, D), np.float32)},
-     r"conditioning 'prompt' is not an input of this model; it takes 'text', 'mask'"),
+     r"conditioning 'prompt' is not an input of this model; it takes 'text' \(float32 \[batch, 3, 4\]\), "
+     r"'mask' \(int64 \[batch, 3\]\)"),
     (lambda: {"text": _good()["text"]},
-     r"conditioning 'mask' is missing; this model takes 'text', 'mask' \(mask: int64 \[batch, 3\]\)"),
+     r"conditioning 'mask' is missing; this model takes 'text' \(float32 \[batch, 3, 4\]\), 'mask' \(int64 \[batch, 3\]\)"),
     (lambda: {"mask": _good()["mask"]},
-     r"conditioning 'text' is missing; this model takes 'text', 'mask' \(text: float32 \[batch, 3, 4\]\)"),
+     r"conditioning 'text' is missing; this model takes 'text' \(float32 \[batch, 3, 4\]\), 'mask' \(int64 \[batch, 3\]\)"),
     (lambda: {**_good(), "mask": np.ones((3, L), np.int64)}, r"disagree on the batch size: \{'text': 2, 'mask': 3\}"),
-    (lambda: [0, 1], r"conditioning was given as a list, but this model's conditioning is 'text', 'mask'"),
+    (lambda: [0, 1], r"conditioning was given as a list, but this model takes 'text' \(float32 \[batch, 3, 4\]\), 'mask'"),
 ])
 def test_bad_conditioning_by_name_is_refused_before_any_graph_runs(text, make, match):
     spec = spec_for_model(text, SamplerOptions(num_steps=3, guidance=2.0), {})
@@ -379,7 +382,8 @@ def test_guidance_with_a_conditioning_that_declares_no_null_is_refused():
     import dataclasses
     guided = dataclasses.replace(spec, guidance=dataclasses.replace(spec.guidance, scale=2.0))
     counting = _Counting(runner)
-    with pytest.raises(BadInputError, match=r"guidance needs a null value for conditioning 'text', which declares none"):
+    with pytest.raises(BadInputError,
+                       match=r"guidance needs a null value for conditioning 'text', which declares none"):
         sample(counting, guided, _good(), _noise(spec, batch=2))
     assert counting.calls == 0
 

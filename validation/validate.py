@@ -45,6 +45,7 @@ class ValidateOptions:
     runner_wrapper: Callable[[Any], Any] | None = None
     backend_spec: Spec | None = None
     model: Any = None                        # a DualRateModel to use as the live reference (Python API)
+    conditioning: dict[str, np.ndarray] | None = None   # rows for the reference trajectories (live reference)
 
 
 def validate(bundle_path: str | Path, opts: ValidateOptions) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -114,6 +115,9 @@ def reference_vectors(bundle: Bundle, opts: ValidateOptions) -> tuple[dict[str, 
     if not use_torch:
         if opts.reference not in ("golden", "auto"):
             raise BadInputError(f"--reference {opts.reference!r}: expected torch, golden or auto")
+        if opts.conditioning is not None:
+            raise BadInputError("conditioning was given, but the golden vectors fix the conditioning they recorded; "
+                                "use --reference torch (the checkpoint, or the model in Python) to sample with it")
         return golden, "golden"
     from dualrate.exporter.golden import capture, trajectory_conditioning
     from dualrate.exporter.torch_runner import TorchReferenceRunner
@@ -123,8 +127,12 @@ def reference_vectors(bundle: Bundle, opts: ValidateOptions) -> tuple[dict[str, 
     seeds = tuple(export.get("golden_seeds", (0, 1)))
     # the same conditioning the golden trajectories were sampled with
     recorded = {int(v["seed"]): trajectory_conditioning(v) for k, v in golden.items() if k.startswith("trajectory_seed")}
+    if opts.conditioning is not None:
+        from dualrate.exporter.conditioning import check_conditioning
+        check_conditioning(bundle.spec, opts.conditioning)            # names, shapes, dtypes: one line if wrong
+        recorded = None
     vectors = capture(TorchReferenceRunner(model, bundle.spec), bundle.spec, seeds,
-                      int(export.get("golden_batch", 2)), bundle.nulls(), recorded)
+                      int(export.get("golden_batch", 2)), bundle.nulls(), recorded, examples=opts.conditioning)
     return vectors, "torch"
 
 

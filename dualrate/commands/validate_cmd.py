@@ -18,6 +18,9 @@ def add_validate_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", choices=("auto", "torch", "golden"), default="auto",
                    help="torch: recompute from the checkpoint; golden: the bundle's vectors (no PyTorch model needed)")
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for --reference torch")
+    p.add_argument("--conditioning", type=Path, default=None, metavar="FILE.npz",
+                   help="--reference torch: sample the reference trajectories with these conditioning rows "
+                        "(arrays by input name) instead of the ones the golden vectors recorded")
     p.add_argument("--report", type=Path, default=None, metavar="DIR", help="write report.json, report.html, PNGs")
     p.add_argument("--junit", type=Path, default=None, metavar="FILE", help="JUnit XML for CI")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="the results document")
@@ -69,9 +72,13 @@ def _validate(args: argparse.Namespace) -> int:
     from dualrate.api import validate
     from dualrate.validation.reports import write_json
 
+    conditioning = None
+    if args.conditioning is not None:
+        from dualrate.exporter.jsonio import read_npz
+        conditioning = read_npz(args.conditioning, "--conditioning")
     report = validate(args.bundle, target=opts.target, precision=opts.precision, reference=opts.reference,
                       checkpoint=opts.checkpoint, gate_overrides=opts.gate_overrides,
-                      gate_precision=opts.gate_precision, threads=opts.threads)
+                      gate_precision=opts.gate_precision, threads=opts.threads, conditioning=conditioning)
     if args.json:
         write_json(report.doc, args.json)
     if args.junit:

@@ -1,0 +1,376 @@
+"""Structural checks of a bundle's ONNX graphs, run by ``open_bundle`` before any runtime sees a file.
+
+A manifest's hashes prove that a bundle is unchanged since the manifest was written, not that
+its author was honest: a bundle from elsewhere is untrusted input, and ONNX graphs are read by
+native runtimes that follow what the file says (an external-data path, a custom op domain).
+So, for every graph of the bundle (``<graph>.onnx`` at its root), once its hash matched:
+
+* **external data**: every tensor stored outside the graph names a relative ``location`` that
+  resolves inside the bundle to a regular file listed in the manifest (no absolute path, no
+  ``..``, no backslash or drive, no symlink on the way, not ONNX Runtime's in-memory address
+  form); ``offset``/``length`` are plain decimal integers, ``length`` is the tensor's byte size,
+  and ``offset + length`` lies inside the file; no key twice, no key ONNX does not define;
+* **domains**: every node (subgraphs and model-local functions included) is in a domain the
+  exporter emits (the ONNX standard domain, ``''`` / ``ai.onnx``) or calls a function the model
+  defines, whose body follows the same rule; every ``opset_import`` names such a domain; any
+  other domain is refused by name;
+* **tensor sizes**: every tensor in the file (initializers, Constant values, tensor attributes)
+  has a known dtype, non-negative dims, and exactly the bytes (or typed values) its shape and
+  dtype imply; sparse tensors, string tensors and training sections are refused (the exporter
+  writes none);
+* **signature**: the graph's inputs and outputs are the spec's ``GraphIO`` bindings, in order:
+  names, dtypes, ranks, fixed dims, and a symbolic batch axis where the spec has ``batch``.
+
+Every failure is a ``BundleError`` (exit 2) on one line naming the file, the tensor or node, and
+what was expected. The protobuf is parsed exactly as ``onnx.load(path, load_external_data=False)``
+parses it (``ModelProto.ParseFromString`` of the file's bytes): nothing here lets onnx, or anything
+else, resolve an external path. ``scan_graph`` works on the bytes ``open_bundle`` already mapped
+to hash the file, so a graph is read from disk once; the cross-checks that need the manifest, the
+other files and the spec run in ``check_scans`` after every hash matched.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import BundleError
+from .spec import GraphIO, Spec
+
+# what torch.onnx.export(dynamo=True, optimize=True) emits: the standard domain only (its
+# torch_lib functions are inlined); '' and 'ai.onnx' are the same domain
+ALLOWED_DOMAINS = frozenset({"", "ai.onnx"})
+EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum"})
+GRAPH_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\.onnx")
+# graph I/O dtypes the spec can declare, by ONNX elem_type
+ONNX_IO_DTYPES = {1: "float32", 7: "int64", 10: "float16", 16: "bfloat16", 11: "float64", 6: "int32", 9: "bool"}
+# TensorProto.DataType -> bits per element (sub-byte types are packed); STRING and the rest are refused
+_BITS = {1: 32, 2: 8, 3: 8, 4: 16, 5: 16, 6: 32, 7: 64, 9: 8, 10: 16, 11: 64, 12: 32, 13: 64, 14: 64, 15: 128,
+         16: 16, 17: 8, 18: 8, 19: 8, 20: 8, 21: 4, 22: 4, 23: 4, 24: 8, 25: 2, 26: 2}
+# where a tensor without raw_data keeps its values, and how many values per element (or elements per value)
+_TYPED = {1: ("float_data", 1), 14: ("float_data", 2), 11: ("double_data", 1), 15: ("double_data", 2),
+          7: ("int64_data", 1), 12: ("uint64_data", 1), 13: ("uint64_data", 1),
+          **{t: ("int32_data", 1) for t in (2, 3, 4, 5, 6, 9, 10, 16, 17, 18, 19, 20, 24)},
+          **{t: ("int32_data", 1 / 2) for t in (21, 22, 23)}, **{t: ("int32_data", 1 / 4) for t in (25, 26)}}
+_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+_EXTERNAL = 1          # TensorProto.DataLocation.EXTERNAL
+_MAX_NAME = 80
+
+
+def is_graph_file(rel: str) -> bool:
+    """Whether ``rel`` (a manifest path) is one of the bundle's graphs: ``<name>.onnx`` at its root."""
+    return "/" not in rel and GRAPH_FILE.fullmatch(rel) is not None
+
+
+def _q(text: Any) -> str:
+    """A name from the file, quoted on one line (control characters escaped) and bounded."""
+    text = str(text)
+    return repr(text if len(text) <= _MAX_NAME else text[:_MAX_NAME] + "…")
+
+
+@dataclass
+class ExternalRef:
+    """One tensor stored outside its graph: where it says its bytes are, and how many it needs."""
+
+    tensor: str
+    location: str
+    offset: int
+    length: int | None
+    nbytes: int
+
+
+@dataclass
+class ValueSig:
+    name: str
+    elem_type: int | None                   # None: not a tensor type
+    dims: list[int | str | None] | None     # None: no shape; a dim is an int, a symbol, or None (unknown)
+
+
+@dataclass
+class GraphScan:
+    """What ``check_scans`` needs of one graph once the file itself passed its checks."""
+
+    file: str
+    inputs: list[ValueSig] = field(default_factory=list)
+    outputs: list[ValueSig] = field(default_factory=list)
+    external: list[ExternalRef] = field(default_factory=list)
+
+
+class _Fail(Exception):
+    """A finding inside the scan; ``scan_graph`` turns it into one BundleError line."""
+
+
+# -- the scan of one file ---------------------------------------------------------------
+def scan_graph(root: Path, rel: str, data: Any) -> GraphScan:
+    """Check one graph's protobuf (``data``: its bytes or a buffer over them); BundleError on a finding."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    where = f"bundle {root}: {rel}"
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError, TypeError) as exc:
+        why = str(exc).splitlines()[0] if str(exc).strip() else "the protobuf does not parse"
+        raise BundleError(f"{where} is not a readable ONNX model ({why}); the file is truncated or corrupt. "
+                          "Re-export the bundle") from None
+    scan = GraphScan(rel)
+    try:
+        _scan_model(model, scan)
+    except _Fail as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    except UnicodeDecodeError:
+        raise BundleError(f"{where}: holds a name that is not valid UTF-8; the file is corrupt. "
+                          "Re-export the bundle") from None
+    return scan
+
+
+def _scan_model(model: Any, scan: GraphScan) -> None:
+    if not model.HasField("graph"):
+        raise _Fail("holds no graph; expected an ONNX model with a graph")
+    if len(model.training_info):
+        raise _Fail("has a training section (training_info); bundles hold inference graphs only")
+    functions = {(f.domain, f.name, f.overload) for f in model.functions}
+    local_domains = {d for d, _, _ in functions}
+    scan.inputs = [_sig(v) for v in model.graph.input]
+    scan.outputs = [_sig(v) for v in model.graph.output]
+    # nodes first: a refused domain is reported with the node that uses it
+    _graph_tensors(model.graph, "", scan)
+    _scan_nodes(model.graph.node, "", functions, scan)
+    for f in model.functions:
+        _scan_nodes(f.node, f"function {_q(f.name)}", functions, scan)
+        for op in f.opset_import:
+            _check_import(op.domain, local_domains, f"function {_q(f.name)} opset_import")
+    for op in model.opset_import:
+        _check_import(op.domain, local_domains, "opset_import")
+
+
+def _graph_tensors(graph: Any, where: str, scan: GraphScan) -> None:
+    prefix = f"{where} " if where else ""
+    for t in graph.initializer:
+        _tensor(t, f"{prefix}initializer {_q(t.name)}", scan)
+    if len(graph.sparse_initializer):
+        raise _Fail(f"{prefix}sparse initializer {_q(graph.sparse_initializer[0].values.name)}: bundles hold "
+                    "dense tensors only")
+
+
+def _scan_nodes(nodes: Any, where: str, functions: set, scan: GraphScan) -> None:
+    """Every node, and the nodes of every subgraph (If/Loop/Scan bodies) at any depth (iteratively)."""
+    stack = [(nodes, where)]
+    while stack:
+        nodes, where = stack.pop()
+        for i, node in enumerate(nodes):
+            label = _node(node, i, functions, scan, where)
+            for a in node.attribute:
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    sub_where = f"{label} attribute {_q(a.name)} subgraph"
+                    _graph_tensors(sub, sub_where, scan)
+                    stack.append((sub.node, sub_where))
+
+
+def _check_import(domain: str, local: set[str], where: str) -> None:
+    if domain not in ALLOWED_DOMAINS and domain not in local:
+        raise _Fail(f"{where} names the domain {_q(domain)}; bundles exported by dualrate use only the ONNX "
+                    "standard domain ('' / ai.onnx)")
+
+
+def _node(node: Any, index: int, functions: set, scan: GraphScan, where: str) -> str:
+    op = f"{node.domain}:{node.op_type}" if node.domain else node.op_type
+    label = f"node {_q(node.name) if node.name else '#' + str(index)} (op {_q(op)})"
+    if where:
+        label = f"{where} {label}"
+    if node.domain not in ALLOWED_DOMAINS and (node.domain, node.op_type, node.overload) not in functions:
+        raise _Fail(f"{label} is in the domain {_q(node.domain)}; bundles exported by dualrate use only the ONNX "
+                    "standard domain ('' / ai.onnx), and the model defines no such function. Refused: a custom "
+                    "domain runs code the runtime loads from elsewhere")
+    for a in node.attribute:
+        if a.HasField("t"):
+            _tensor(a.t, f"{label} attribute {_q(a.name)}", scan)
+        for k, t in enumerate(a.tensors):
+            _tensor(t, f"{label} attribute {_q(a.name)}[{k}]", scan)
+        if a.HasField("sparse_tensor") or len(a.sparse_tensors):
+            raise _Fail(f"{label} attribute {_q(a.name)} holds a sparse tensor; bundles hold dense tensors only")
+    return label
+
+
+def _sig(v: Any) -> ValueSig:
+    if v.type.WhichOneof("value") != "tensor_type":
+        return ValueSig(v.name, None, None)
+    tt = v.type.tensor_type
+    dims = None
+    if tt.HasField("shape"):
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param if d.HasField("dim_param") else None)
+                for d in tt.shape.dim]
+    return ValueSig(v.name, tt.elem_type, dims)
+
+
+def _tensor(t: Any, label: str, scan: GraphScan) -> None:
+    """A tensor's dtype, dims and bytes; an external one is recorded for ``check_scans``."""
+    if t.data_type not in _BITS:
+        name = {8: "STRING"}.get(t.data_type, f"data_type {t.data_type}")
+        raise _Fail(f"{label} has {name}; expected a numeric tensor type")
+    if any(d < 0 for d in t.dims):
+        raise _Fail(f"{label} has dims {list(t.dims)[:8]}; expected non-negative sizes")
+    numel = math.prod(t.dims)
+    nbytes = (numel * _BITS[t.data_type] + 7) // 8
+    shape = f"{_dtype_name(t.data_type)} {list(t.dims)[:8]}"
+    if t.HasField("segment"):
+        raise _Fail(f"{label} is a segment of a tensor; bundles hold whole tensors")
+    if t.data_location == _EXTERNAL:
+        if t.HasField("raw_data") or any(len(getattr(t, f)) for f in _TYPED_FIELDS):
+            raise _Fail(f"{label} is marked external but also holds data in the file; expected one or the other")
+        scan.external.append(_external(t, label, nbytes))
+        return
+    if t.data_location != 0:
+        raise _Fail(f"{label} has data_location {t.data_location}; expected 0 (in the file) or 1 (external)")
+    if len(t.external_data):
+        raise _Fail(f"{label} has external_data entries but is not marked external; expected neither or both")
+    if t.HasField("raw_data"):
+        if any(len(getattr(t, f)) for f in _TYPED_FIELDS):
+            raise _Fail(f"{label} holds raw_data and typed values; expected one of them")
+        got = _raw_len(t)
+        if got != nbytes:
+            raise _Fail(f"{label} holds {got} bytes; its shape and dtype ({shape}) need {nbytes}")
+        return
+    want_field, per = _TYPED[t.data_type]
+    want = math.ceil(numel * per)
+    for f in _TYPED_FIELDS:
+        n = len(getattr(t, f))
+        if f != want_field and n:
+            raise _Fail(f"{label} ({shape}) keeps values in {f}; expected {want_field}")
+    got = len(getattr(t, want_field))
+    if got != want:
+        raise _Fail(f"{label} holds {got} values; its shape and dtype ({shape}) need {want}")
+
+
+def _raw_len(t: Any) -> int:
+    """len(t.raw_data) without copying it out of the protobuf (reading the field copies every byte):
+    the encoded size drops by tag + varint(len) + len when the field is cleared. Clears the field,
+    which the scan no longer needs."""
+    before = t.ByteSize()
+    t.ClearField("raw_data")
+    diff = before - t.ByteSize() - 1           # field 9, wire type 2: a one-byte tag
+    for k in range(1, 11):
+        if _varint_size(diff - k) == k:
+            return diff - k
+    raise _Fail("raw_data size cannot be determined")    # unreachable for a parsed message
+
+
+def _varint_size(n: int) -> int:
+    return max(1, (max(n, 0).bit_length() + 6) // 7)
+
+
+def _dtype_name(data_type: int) -> str:
+    import onnx
+
+    try:
+        return onnx.TensorProto.DataType.Name(data_type).lower()
+    except ValueError:
+        return f"data_type {data_type}"
+
+
+def _external(t: Any, label: str, nbytes: int) -> ExternalRef:
+    entries: dict[str, str] = {}
+    for e in t.external_data:
+        if e.key not in EXTERNAL_KEYS:
+            raise _Fail(f"{label} has the external_data key {_q(e.key)}; ONNX defines only "
+                        f"{', '.join(sorted(EXTERNAL_KEYS))}")
+        if e.key in entries:
+            raise _Fail(f"{label} gives the external_data key {_q(e.key)} twice; expected each key once "
+                        "(readers disagree on which one wins)")
+        entries[e.key] = e.value
+    if "location" not in entries:
+        raise _Fail(f"{label} is external but gives no location; expected the name of a file of the bundle")
+    numbers: dict[str, int | None] = {}
+    for key in ("offset", "length"):
+        value = entries.get(key)
+        if value is None:
+            numbers[key] = None
+        elif not re.fullmatch(r"[0-9]{1,20}", value):
+            raise _Fail(f"{label} has external_data {key} {_q(value)}; expected a non-negative decimal integer")
+        else:
+            numbers[key] = int(value)
+    if numbers["length"] is not None and numbers["length"] != nbytes:
+        raise _Fail(f"{label} has external_data length {numbers['length']}; its shape and dtype need {nbytes} bytes")
+    return ExternalRef(label, entries["location"], numbers["offset"] or 0, numbers["length"], nbytes)
+
+
+# -- cross-checks against the manifest, the files and the spec ---------------------------------
+def check_scans(root: Path, spec: Spec, listed: Mapping[str, str], scans: Mapping[str, GraphScan]) -> None:
+    """External data against the bundle's files, and each spec graph's I/O against its ``GraphIO``."""
+    real_root = os.path.realpath(root)
+    for rel, scan in scans.items():
+        for ref in scan.external:
+            _check_location(root, real_root, rel, ref, listed)
+    for graph, gio in spec.model.graphs().items():
+        scan = scans.get(f"{graph}.onnx")
+        if scan is not None:
+            check_signature(f"bundle {root}: {graph}.onnx", scan, gio)
+
+
+def _check_location(root: Path, real_root: str, rel: str, ref: ExternalRef, listed: Mapping[str, str]) -> None:
+    loc = ref.location
+    where = f"bundle {root}: {rel}: {ref.tensor} stores its data at {_q(loc)}"
+    expect = (f"; external data must be a file of this bundle listed in manifest.json (such as "
+              f"{rel}.data), named by a relative path. Refused: nothing reads outside the bundle")
+    parts = loc.split("/")
+    if not loc or "\\" in loc or "\x00" in loc or ":" in loc or loc.startswith("/") or loc.startswith("~"):
+        raise BundleError(f"{where}, which is not a relative path inside the bundle" + expect)
+    if ".." in parts:
+        raise BundleError(f"{where}, which leads out of the bundle ('..')" + expect)
+    norm = "/".join(p for p in parts if p not in ("", "."))
+    if norm not in listed:
+        raise BundleError(f"{where}, which is not a file listed in the bundle's manifest" + expect)
+    path = os.path.join(root, *norm.split("/"))
+    real = os.path.realpath(path)
+    if real != os.path.join(real_root, *norm.split("/")) or os.path.islink(path):
+        raise BundleError(f"{where}, which passes through a symbolic link (to {_q(real)})" + expect)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise BundleError(f"{where}, which cannot be read ({exc})" + expect) from None
+    if not os.path.isfile(path):
+        raise BundleError(f"{where}, which is not a regular file" + expect)
+    end = ref.offset + (ref.length if ref.length is not None else ref.nbytes)
+    if end > st.st_size:
+        raise BundleError(f"bundle {root}: {rel}: {ref.tensor} reads bytes {ref.offset}..{end} of {norm}, which "
+                          f"has {st.st_size}; expected offset + length inside the file. The bundle is truncated "
+                          "or was edited: re-export it")
+
+
+def check_signature(where: str, scan: GraphScan, gio: GraphIO) -> None:
+    """The graph's inputs and outputs are the spec's, in order, with their dtypes, ranks and fixed dims."""
+    for kind, got, declared in (("input", scan.inputs, gio.inputs), ("output", scan.outputs, gio.outputs)):
+        names = [v.name for v in got]
+        want = [t.name for t in declared]
+        if names != want:
+            missing = [n for n in want if n not in names]
+            extra = [n for n in names if n not in want]
+            detail = (f"lacks {kind}(s) {[_q(n)[1:-1] for n in missing[:6]]}" if missing else
+                      f"has undeclared {kind}(s) {[_q(n)[1:-1] for n in extra[:6]]}" if extra else
+                      f"has its {kind}s in the order {[_q(n)[1:-1] for n in names[:8]]}")
+            raise BundleError(f"{where} {detail}; the spec binds {kind}s {want}. The graph does not match the "
+                              "bundle's spec.json: re-export the bundle")
+        for v, t in zip(got, declared):
+            dtype = ONNX_IO_DTYPES.get(v.elem_type) if v.elem_type is not None else None
+            if dtype != t.dtype:
+                found = "not a tensor" if v.elem_type is None else (dtype or _dtype_name(v.elem_type))
+                raise BundleError(f"{where}: {kind} {_q(v.name)} is {found}; the spec declares {t.dtype}. The graph "
+                                  "does not match the bundle's spec.json: re-export the bundle")
+            if v.dims is None or len(v.dims) != len(t.shape):
+                rank = "no shape" if v.dims is None else f"rank {len(v.dims)}"
+                raise BundleError(f"{where}: {kind} {_q(v.name)} has {rank}; the spec declares {list(t.shape)} "
+                                  f"(rank {len(t.shape)}). The graph does not match the bundle's spec.json")
+            for axis, (d, s) in enumerate(zip(v.dims, t.shape)):
+                ok = ((isinstance(d, str) and d != "") or d is None) if s == "batch" else d == s
+                if not ok:
+                    shown = [x if x is not None else "?" for x in v.dims]
+                    raise BundleError(f"{where}: {kind} {_q(v.name)} has shape {shown} (axis {axis}: "
+                                      f"{_q(shown[axis])[1:-1] if isinstance(shown[axis], str) else shown[axis]}); "
+                                      f"the spec declares {list(t.shape)}"
+                                      + (" (a symbolic batch axis)" if s == "batch" else "")
+                                      + ". The graph does not match the bundle's spec.json")
