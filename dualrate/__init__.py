@@ -24,7 +24,7 @@ _EXPORTS = {
                                  "OutputExistsError", "ParityError", "NonFiniteError", "BackendUnavailableError"),
     "dualrate.exporter.bundle": ("Bundle", "open_bundle"),
     "dualrate.exporter.spec": ("Spec",),
-    "dualrate.exporter.export": ("ExportOptions",),
+    "dualrate.exporter.export_options": ("ExportOptions",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

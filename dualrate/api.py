@@ -68,10 +68,14 @@ def export(model: Any, output: str | Path, *, options: Any = None, examples: Map
         guidance, an existing output...), ParityError (ONNX Runtime disagrees: nothing is written).
     """
     from dualrate.exporter.atomic import check_output
-    from dualrate.exporter.export import ExportOptions
-    from dualrate.validation.export_check import export_bundle
+    from dualrate.exporter.optional import require
 
     check_output(Path(output), force)
+    for module in ("torch", "onnxscript"):
+        require(module, "export (tracing the PyTorch modules to ONNX)")
+    from dualrate.exporter.export_options import ExportOptions
+    from dualrate.validation.export_check import export_bundle
+
     if options is None:
         options = ExportOptions(sampler=sampler_options(**sampler), static_batch=static_batch)
     elif sampler:
@@ -182,11 +186,10 @@ def validate(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32
     conditioning of the reference trajectories; it needs a live reference. Returns a
     ``ValidationReport`` (never raises for a parity failure: read ``.verdict``).
     """
-    from dualrate.exporter.model_pair import DualRateModel
     from dualrate.validation.validate import ValidateOptions
     from dualrate.validation.validate import validate as run_layers
 
-    model = reference if isinstance(reference, DualRateModel) else None
+    model = None if isinstance(reference, str) else reference      # a DualRateModel (no torch import needed here)
     opts = ValidateOptions(target=target, precision=precision, reference="torch" if model else reference,
                            checkpoint=None if checkpoint is None else Path(checkpoint), gate_precision=gate_precision,
                            gate_overrides={k: dict(v) for k, v in (gate_overrides or {}).items()}, threads=threads,

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_golden_command(sub)
     add_doctor_command(sub)
     add_bench_command(sub)
+    __import__("dualrate.commands.serve_cmd", fromlist=["add_serve_command"]).add_serve_command(sub)
     return parser
 
 

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/dualrate ]; then
     python3 -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q "torch==2.13.0" -e ".[openvino]"
+    .venv/bin/python -m pip install -q "torch==2.13.0" -e ".[export,openvino]"
 fi
 dr=.venv/bin/dualrate
 out=out/bench

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "torch==2.13.0" -e ".[openvino]"
+.venv/bin/python -m pip install -q "torch==2.13.0" -e ".[export,openvino]"
 dr=.venv/bin/dualrate
 out=out/quickstart
 mkdir -p "$out"

@@ -8,7 +8,6 @@ before the directory is renamed into place. Nothing here imports a backend runti
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -18,35 +17,15 @@ import torch
 from .bundle import SPEC, write_manifest
 from .errors import BadInputError
 from .golden import capture, write_golden
+from .sampling import graph_rows
 from .model_pair import DualRateModel, describe
-from .onnx_export import DEFAULT_OPSET, check_graph, export_graph
+from .export_options import ExportOptions
+from .onnx_export import check_graph, export_graph
 from .spec import Spec
 from .spec_builder import SamplerOptions, assemble_spec, cosine_grid
 from .torch_runner import TorchReferenceRunner
 
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    sampler: SamplerOptions = field(default_factory=SamplerOptions)
-    static_batch: int | None = None          # None: dynamic batch axis
-    opset: int = DEFAULT_OPSET
-    external_data: bool | None = None        # None: decide by weight size
-    golden_seeds: tuple[int, ...] = (0, 1)
-    golden_batch: int = 2
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["golden_seeds"] = list(self.golden_seeds)
-        return d
-
-
-def graph_rows(spec: Spec, batch: int) -> int:
-    """Rows per graph call for ``batch`` samples: 2x when both guidance branches run batched."""
-    lam = spec.sampler.tables.logsnr
-    guided_everywhere = all(spec.guidance.active(lam[i]) for i in range(spec.sampler.num_steps))
-    return 2 * batch if guided_everywhere else batch
 
 
 def versions() -> dict[str, str]:

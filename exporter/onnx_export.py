@@ -27,12 +27,12 @@ import torch
 from torch import nn
 
 from .errors import BadInputError
+from .export_options import DEFAULT_OPSET
 from .spec import GraphIO
 
 # protobuf refuses messages over 2 GiB; leave headroom for the graph itself
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 ONNX_DTYPES = {1: "float32", 7: "int64", 10: "float16", 16: "bfloat16", 11: "float64", 6: "int32", 9: "bool"}
-DEFAULT_OPSET = 18
 
 
 def param_bytes(module: nn.Module) -> int:

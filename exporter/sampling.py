@@ -110,6 +110,13 @@ def call_plan(spec: Spec) -> list[list[GroupCall]]:
     return plan
 
 
+def graph_rows(spec: Spec, batch: int) -> int:
+    """Rows per graph call for ``batch`` samples: 2x when both guidance branches run batched."""
+    lam = spec.sampler.tables.logsnr
+    guided_everywhere = all(spec.guidance.active(lam[i]) for i in range(spec.sampler.num_steps))
+    return 2 * batch if guided_everywhere else batch
+
+
 def time_values(spec: Spec) -> np.ndarray:
     """The networks' time input per step (float64; each graph input casts it to its own dtype)."""
     return np.asarray(spec.sampler.tables.model_time, np.float64)

@@ -16,16 +16,18 @@ is an error (it may have been tampered with).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from dualrate.exporter.atomic import atomic_directory
 from dualrate.exporter.bundle import Bundle, sha256_file
-from dualrate.exporter.errors import BackendUnavailableError, BadInputError, BundleError
+from dualrate.exporter.errors import BackendUnavailableError, BadInputError, BundleError, DualrateError
+from dualrate.exporter.runner import first_line
 
 COMPILE_RECORD = "compile.json"
 BACKENDS = {"onnxruntime": "dualrate.targets.onnxrt", "openvino": "dualrate.targets.openvino_backend",
@@ -133,9 +135,55 @@ class Target:
         return Compiled(out, record)
 
 
+@contextlib.contextmanager
+def runtime_step(runtime: str, graph: str, action: str, errors: tuple[type[BaseException], ...] = (Exception,),
+                 line: Callable[[BaseException], str] = first_line,
+                 unavailable: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """An error ``runtime`` raises while it loads, converts or compiles ``graph`` as one line naming both.
+
+    The runtime is installed and running (``Target.require`` said so), and the bundle passed its
+    checks at open, so what the runtime refuses here is the input: ``BadInputError`` (exit 2).
+    Only ``unavailable`` errors (an execution provider or device failing on this machine) are
+    ``BackendUnavailableError`` (exit 3). dualrate's own errors pass through unchanged.
+    """
+    try:
+        yield
+    except DualrateError:
+        raise
+    except unavailable as exc:
+        raise BackendUnavailableError(f"{runtime} cannot {action} the {graph} graph on this machine: "
+                                      f"{line(exc)}") from None
+    except errors as exc:
+        raise BadInputError(f"{runtime} could not {action} the {graph} graph ({graph}.onnx): {line(exc)}") from None
+
+
 def get_target(name: str) -> Target:
     """The backend named ``name``; its runtime is imported only when used."""
     if name not in BACKENDS:
         raise BadInputError(f"unknown target {name!r}; choose one of {', '.join(BACKENDS)}")
-    module = importlib.import_module(BACKENDS[name])
+    try:
+        module = importlib.import_module(BACKENDS[name])
+    except ImportError as exc:       # a package the backend module itself needs (Core ML converts with torch)
+        return UnavailableTarget(name, f"its module needs {exc.name or exc}, which is not installed; "
+                                       f"pip install 'dualrate[{_EXTRAS.get(exc.name, name)}]'")
     return module.TARGET
+
+
+_EXTRAS = {"torch": "export", "onnxscript": "export", "safetensors": "export"}
+
+
+class UnavailableTarget(Target):
+    """A backend whose module cannot be imported here: every use says why (exit 3), nothing runs."""
+
+    def __init__(self, name: str, reason: str):
+        self.name = name
+        self.reason = reason
+
+    def available(self) -> str | None:
+        return self.reason
+
+    def runtime_version(self) -> str:
+        return "-"
+
+    def check_precision(self, precision: str) -> None:
+        """Which precisions the backend takes is unknown without its module: availability decides first."""

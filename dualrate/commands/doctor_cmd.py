@@ -17,14 +17,18 @@ def add_doctor_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    import os
     import platform
 
-    import torch
-
+    from dualrate.exporter.optional import have
     from dualrate.targets.base import BACKENDS, get_target
 
-    print(f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
-          f"{torch.get_num_threads()} threads")
+    if have("torch"):
+        import torch
+        torch_line = f"torch {torch.__version__}"
+    else:
+        torch_line = "torch not installed (export and --reference torch need pip install 'dualrate[export]')"
+    print(f"python {platform.python_version()}, {torch_line}, {platform.machine()}, {os.cpu_count()} cores")
     rows = []
     for name in BACKENDS:
         target = get_target(name)
@@ -34,7 +38,9 @@ def _doctor(args: argparse.Namespace) -> int:
     bundle = None
     smoke: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="dualrate-doctor-") as tmp:
-        if not args.no_smoke and any(r[2] is None for r in rows):
+        if not args.no_smoke and not have("torch"):
+            print("smoke runs skipped: they export a tiny model, which needs PyTorch", file=sys.stderr)
+        elif not args.no_smoke and any(r[2] is None for r in rows):
             print("exporting a tiny random model for the smoke runs ...", file=sys.stderr)
             bundle = _tiny_bundle(Path(tmp))
         for name, target, reason, _ in rows:

@@ -52,7 +52,7 @@ def _say(msg: str) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from dualrate.api import export
-    from dualrate.exporter.export import ExportOptions
+    from dualrate.exporter.export_options import ExportOptions
 
     opts = ExportOptions(sampler=sampler_options(args), static_batch=args.static_batch, opset=args.opset,
                          external_data={"auto": None, "always": True, "never": False}[args.external_data])

@@ -32,6 +32,9 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
+    from dualrate.exporter.optional import require
+
+    require("torch", "dualrate init (building PyTorch modules)")
     import torch
 
     from dualrate.exporter.atomic import check_output
@@ -51,6 +54,9 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from dualrate.exporter.optional import require
+
+    require("torch", "dualrate train")
     import torch
 
     from dualrate.exporter.atomic import check_output

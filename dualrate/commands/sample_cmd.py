@@ -45,10 +45,7 @@ def parse_classes(text: str | None, num_classes: int) -> list[int]:
 def open_source(args: argparse.Namespace):
     """(runner, spec, nulls, description) for a bundle on a backend or a checkpoint on the reference."""
     from dualrate.exporter.bundle import MANIFEST, open_bundle
-    from dualrate.exporter.checkpoint import load_checkpoint
     from dualrate.exporter.errors import BadInputError
-    from dualrate.exporter.export import spec_for_model
-    from dualrate.exporter.torch_runner import TorchReferenceRunner
 
     if (args.source / MANIFEST).is_file():
         from dualrate.api import open_runner
@@ -63,6 +60,13 @@ def open_source(args: argparse.Namespace):
     if args.target not in (None, "torch"):
         raise BadInputError(f"--target {args.target} needs a bundle; {args.source} is a checkpoint. "
                             "Run `dualrate export` first, or use --target torch")
+    from dualrate.exporter.optional import require
+
+    require("torch", "sampling a checkpoint (the PyTorch reference)")
+    from dualrate.exporter.checkpoint import load_checkpoint
+    from dualrate.exporter.export import spec_for_model
+    from dualrate.exporter.torch_runner import TorchReferenceRunner
+
     ckpt = load_checkpoint(args.source, allow_factory=args.allow_factory)
     spec = spec_for_model(ckpt.pair, sampler_options(args), {"source_sha256": ckpt.sha256})
     return TorchReferenceRunner(ckpt.pair, spec), spec, ckpt.pair.nulls(), "torch reference"
