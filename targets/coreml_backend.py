@@ -25,6 +25,7 @@ import inspect
 import io
 import logging
 import platform
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -35,7 +36,7 @@ from torch import nn
 
 from dualrate.exporter.bundle import Bundle, load_source_checkpoint
 from dualrate.exporter.errors import BackendUnavailableError, BadInputError
-from dualrate.exporter.export import graph_rows
+from dualrate.exporter.sampling import graph_rows
 from dualrate.exporter.golden import graph_calls
 from dualrate.exporter.model_pair import BoundGraph, DualRateModel
 from dualrate.exporter.runner import BaseRunner
@@ -118,6 +119,34 @@ def coreml_rows(spec: Spec, manifest: dict[str, Any], batch_sizes: Sequence[int]
     if len(rows) > 128:
         raise BadInputError(f"{len(rows)} batch shapes requested; Core ML enumerates at most 128")
     return sorted(rows)
+
+
+def coreml_names(gio: GraphIO) -> dict[str, str]:
+    """Spec I/O name -> the name of that feature in the Core ML package.
+
+    Core ML feature names are identifiers (``[A-Za-z_][A-Za-z0-9_]*``); coremltools would rename
+    any other (``down_block_res_samples.0`` -> ``down_block_res_samples_0``), so dualrate picks
+    the name itself, the same way for conversion, structural checks and the runner: other
+    characters become ``_``, a leading digit gets a ``_`` prefix, a clash a ``_<k>`` suffix.
+    """
+    names = [t.name for t in (*gio.inputs, *gio.outputs)]
+    used = {n for n in names if _IDENTIFIER.fullmatch(n)}
+    out: dict[str, str] = {}
+    for n in names:
+        if _IDENTIFIER.fullmatch(n):
+            out[n] = n
+            continue
+        base = re.sub(r"[^A-Za-z0-9_]", "_", n)
+        base = base if base and not base[0].isdigit() else "_" + base
+        name, k = base, 1
+        while name in used:
+            name, k = f"{base}_{k}", k + 1
+        used.add(name)
+        out[n] = name
+    return out
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _shape(shape: Sequence[int | str], rows: int) -> tuple[int, ...]:
@@ -280,6 +309,8 @@ def convert_graph(module: Any, example: Sequence[Any], io_spec: GraphIO, rows: S
     if int(example[0].shape[0]) not in rows:
         raise BadInputError(f"the example batch {int(example[0].shape[0])} must be one of the batch rows {list(rows)}")
 
+    names = coreml_names(io_spec)
+
     def tensor_type(t: Any) -> Any:
         dtype = np.int32 if t.dtype.startswith("int") else np.float32
         if enumerated:
@@ -287,7 +318,7 @@ def convert_graph(module: Any, example: Sequence[Any], io_spec: GraphIO, rows: S
                                         default=list(_shape(t.shape, int(example[0].shape[0]))))
         else:
             shape = _shape(t.shape, rows[0])
-        return ct.TensorType(name=t.name, shape=shape, dtype=dtype)
+        return ct.TensorType(name=names[t.name], shape=shape, dtype=dtype)
 
     errors: dict[str, str] = {}
     for path in order:
@@ -302,7 +333,8 @@ def convert_graph(module: Any, example: Sequence[Any], io_spec: GraphIO, rows: S
                 else:
                     program = torch.jit.trace(module, example)      # check_trace stays on: its sanity check counts
                 mlmodel = ct.convert(program, inputs=[tensor_type(t) for t in io_spec.inputs],
-                                     outputs=[ct.TensorType(name=t.name, dtype=np.float32) for t in io_spec.outputs],
+                                     outputs=[ct.TensorType(name=names[t.name], dtype=np.float32)
+                                              for t in io_spec.outputs],
                                      convert_to="mlprogram", compute_precision=precision_arg,
                                      minimum_deployment_target=target, skip_model_load=True)
         except Exception as exc:   # noqa: BLE001 - capture and conversion fail in many types; the next path decides
@@ -310,6 +342,7 @@ def convert_graph(module: Any, example: Sequence[Any], io_spec: GraphIO, rows: S
             errors[PATHS[path]] = f"{type(exc).__name__}: {first}"[:300]
             continue
         return mlmodel, {"path": PATHS[path], "first_error": next(iter(errors.values()), None),
+                         "renamed": {k: v for k, v in names.items() if k != v},
                          "failed_paths": errors, "fp32_ops_in_fp16": stats["fp32_ops"] if precision == "fp16" else 0,
                          "deployment_target": target_name}
     raise BadInputError("Core ML conversion failed on every capture path: "
@@ -493,7 +526,8 @@ class CoreMLTarget(Target):
                   f"mlProgram, specification version {info['spec_version']}, opset {info.get('opset')}")
             if info["kind"] != "mlProgram":
                 continue
-            want_in, want_out = [t.name for t in io_spec.inputs], [t.name for t in io_spec.outputs]
+            names = coreml_names(io_spec)            # the spec's names as Core ML identifiers
+            want_in, want_out = [names[t.name] for t in io_spec.inputs], [names[t.name] for t in io_spec.outputs]
             got_in, got_out = [f["name"] for f in info["inputs"]], [f["name"] for f in info["outputs"]]
             check("I/O names", [] if (got_in, got_out) == (want_in, want_out)
                   else [f"inputs {got_in} outputs {got_out}; spec {want_in} {want_out}"],
@@ -505,7 +539,7 @@ class CoreMLTarget(Target):
                 if got != want:
                     problems.append(f"{t.name} accepts {got}, expected {want}")
             for t in io_spec.outputs:
-                dims = info["output_dims"].get(t.name)
+                dims = info["output_dims"].get(names[t.name])
                 want_dims = [None if len(rows) > 1 and d == "batch" else (rows[0] if d == "batch" else d)
                              for d in t.shape]
                 if dims != want_dims:
@@ -589,7 +623,8 @@ def bound_graphs(model: DualRateModel, spec: Spec) -> dict[str, BoundGraph]:
     """Every graph of the spec as the model's ``BoundGraph`` (eval mode), its inputs checked against the spec."""
     model.eval()
     gios = spec.model.graphs()
-    out = {"encoder": model.bound_encoder(), "denoiser": model.bound_denoiser([o.name for o in spec.model.encoder.outputs])}
+    features = [o.name for o in spec.model.encoder.outputs]
+    out = {"encoder": model.bound_encoder(), "denoiser": model.bound_denoiser(features)}
     if "decoder" in gios:
         decoder = model.bound_decoder()
         if decoder is None:
@@ -615,7 +650,8 @@ def graph_batch_rows(gio: GraphIO, rows: Sequence[int]) -> list[int]:
 class CoreMLRunner(BaseRunner):
     """The runner contract over one Core ML model per graph (macOS only).
 
-    ``MLModel.predict`` takes and returns numpy arrays by name. The features are the
+    ``MLModel.predict`` takes and returns numpy arrays by name (``coreml_names``: the spec's
+    names as Core ML identifiers). The features are the
     arrays Core ML returned, kept as they are (no re-copy) until the next refresh; Core
     ML's Python API has no way to keep them inside the framework between predictions.
     Integer inputs are int32 in the packages: the runner casts them.
@@ -631,16 +667,17 @@ class CoreMLRunner(BaseRunner):
         if units is None:
             raise BadInputError(f"compute_units {compute_units!r}: choose ALL, CPU_ONLY, CPU_AND_GPU or CPU_AND_NE")
         self._models = {g: ct.models.MLModel(str(packages[g]), compute_units=units) for g in self.graphs}
+        self._names = {g: coreml_names(gio) for g, gio in self.graphs.items()}
 
     def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        gio = self.graphs[graph]
+        gio, names = self.graphs[graph], self._names[graph]
         typed = {}
         for t in gio.inputs:
             value = np.asarray(feeds[t.name])
             want = np.int32 if t.dtype.startswith("int") else np.float32
-            typed[t.name] = np.ascontiguousarray(value.astype(want, copy=False))
+            typed[names[t.name]] = np.ascontiguousarray(value.astype(want, copy=False))
         out = self._models[graph].predict(typed)
-        return {t.name: np.asarray(out[t.name], dtype=np.float32) for t in gio.outputs}
+        return {t.name: np.asarray(out[names[t.name]], dtype=np.float32) for t in gio.outputs}
 
 
 TARGET = CoreMLTarget()

@@ -19,12 +19,21 @@ from dualrate.exporter.bundle import Bundle
 from dualrate.exporter.runner import BaseRunner
 from dualrate.exporter.spec import Spec
 
-from .base import Compiled, Target
+from .base import Compiled, Target, runtime_step
 
 
 def _ort():
     import onnxruntime
     return onnxruntime
+
+
+def ort_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(what ONNX Runtime raises about a model, what it raises when this machine cannot run it):
+    its pybind exception classes (plain ``Exception`` subclasses) and the Python-side ones."""
+    state = _ort().capi.onnxruntime_pybind11_state
+    every = tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
+    machine = tuple(getattr(state, n) for n in ("EPFail", "DeviceReset") if hasattr(state, n))
+    return every + (RuntimeError, ValueError), machine
 
 
 class OrtTarget(Target):
@@ -43,6 +52,7 @@ class OrtTarget(Target):
 
     def compile_into(self, bundle: Bundle, precision: str, out: Path) -> dict[str, Any]:
         ort = _ort()
+        errors, machine = ort_errors()
         for graph in bundle.graph_names():
             so = ort.SessionOptions()
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -53,7 +63,8 @@ class OrtTarget(Target):
                                             f"{graph}.onnx.data")
                 so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                             "1024")
-            ort.InferenceSession(str(bundle.graph(graph)), so, providers=["CPUExecutionProvider"])
+            with runtime_step("ONNX Runtime", graph, "load", errors, unavailable=machine):
+                ort.InferenceSession(str(bundle.graph(graph)), so, providers=["CPUExecutionProvider"])
         return {"effective_precision": "fp32", "device": "cpu", "providers": ["CPUExecutionProvider"],
                 "options": {"saved_optimization_level": "extended", "run_optimization_level": "all"}}
 
@@ -74,11 +85,12 @@ class OrtRunner(BaseRunner):
         so.intra_op_num_threads = threads or (os.cpu_count() or 1)
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self._sessions = {g: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
-                          for g, p in graphs.items()}
-        self.runtime_errors = (ort.capi.onnxruntime_pybind11_state.Fail,
-                               ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-                               ort.capi.onnxruntime_pybind11_state.RuntimeException, ValueError, RuntimeError)
+        errors, machine = ort_errors()
+        self._sessions = {}
+        for g, p in graphs.items():
+            with runtime_step("ONNX Runtime", g, "load the compiled copy of", errors, unavailable=machine):
+                self._sessions[g] = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        self.runtime_errors = errors
 
     def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
         session = self._sessions[graph]

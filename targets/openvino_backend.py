@@ -51,7 +51,7 @@ from dualrate.exporter.errors import BackendUnavailableError, BadInputError
 from dualrate.exporter.runner import BaseRunner
 from dualrate.exporter.spec import ROLE_TIME, ROLE_TIME_CTX, GraphIO, Spec
 
-from .base import Compiled, Target
+from .base import Compiled, Target, runtime_step
 
 DEVICE = "CPU"
 INSTALL_HINT = "pip install 'dualrate[openvino]'"
@@ -73,6 +73,14 @@ _READBACK = ("INFERENCE_PRECISION_HINT", "EXECUTION_MODE_HINT", "PERFORMANCE_HIN
 def _ov():
     import openvino
     return openvino
+
+
+def _ov_errors() -> tuple[type[BaseException], ...]:
+    """What OpenVINO raises about a model: RuntimeError and its own failure classes (plain Exceptions)."""
+    from openvino import _pyopenvino as native
+
+    return (RuntimeError, ValueError, *(v for v in vars(native).values()
+                                        if isinstance(v, type) and issubclass(v, Exception)))
 
 
 @functools.lru_cache(maxsize=1)
@@ -272,14 +280,13 @@ class OpenVinoTarget(Target):
         props = cpu_properties(precision, threads)
         graph_io = bundle.spec.model.graphs()
         per_graph: dict[str, dict[str, Any]] = {}
+        runtime = f"OpenVINO {ov.__version__.split('-')[0]}"
         for graph in bundle.graph_names():
             xml = out / f"{graph}.xml"
             times = time_inputs(graph_io[graph])
-            try:
+            # OpConversionFailure and friends: the bundle passed its checks at open, so the graph is at fault
+            with runtime_step(runtime, graph, "convert", (Exception,), _convert_line):
                 model = ov.convert_model(str(bundle.graph(graph)))   # reads .onnx.data beside it, if any
-            except Exception as exc:          # OpConversionFailure and friends: name the graph, keep it short
-                raise BackendUnavailableError(f"OpenVINO {ov.__version__} cannot convert {graph}.onnx: "
-                                              f"{_first_line(exc)}") from None
             # f32 keeps everything f32 anyway: marking would only cost an IR round trip
             keep = precision_sensitive_ops(model, times) if precision != "fp32" else set()
             rewritten = unsqueeze_as_reshape(model, keep) if keep else 0
@@ -294,7 +301,8 @@ class OpenVinoTarget(Target):
                 # bits); the compression leaves the constants marked precise in f32
                 ov.save_model(model, str(xml), compress_to_fp16=precision == "fp16")
                 del model                      # drop the mapping of the scratch weights before removal
-            compiled = core.compile_model(core.read_model(str(xml)), DEVICE, props)   # compile what was saved
+            with runtime_step(runtime, graph, "compile", _ov_errors(), _first_line):
+                compiled = core.compile_model(core.read_model(str(xml)), DEVICE, props)   # compile what was saved
             effective, hint, layers = precision_of(compiled)
             per_graph[graph] = {"effective_precision": effective, "inference_precision_hint": hint,
                                 "executed_layer_precisions": layers,
@@ -499,8 +507,9 @@ class OpenVinoRunner(BaseRunner):
             if xml is None or not Path(xml).is_file():
                 raise BadInputError(f"compiled OpenVINO model {xml or name + '.xml'} is missing; run "
                                     "`dualrate compile --target openvino --force`")
-            source = core.read_model(str(xml))
-            g = _Graph(name, core.compile_model(source, DEVICE, self.properties), source, self.properties)
+            with runtime_step("OpenVINO", name, "load the compiled copy of", _ov_errors(), _first_line):
+                source = core.read_model(str(xml))
+                g = _Graph(name, core.compile_model(source, DEVICE, self.properties), source, self.properties)
             want_in, want_out = sorted(t.name for t in gio.inputs), [t.name for t in gio.outputs]
             if sorted(g.inputs) != want_in or any(o not in g.outputs for o in want_out):
                 raise BadInputError(f"compiled OpenVINO {name} takes {sorted(g.inputs)} and gives {g.outputs}; the "
@@ -552,6 +561,21 @@ def _first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '"))]
     return (useful or lines or [type(exc).__name__])[0]
+
+
+_FRAMING = ("Check '", "Exception from", "FrontEnd API failed", "Model wasn't fully converted", "Summary:", "--",
+            "[ONNX Frontend]", "While validating")
+
+
+def _convert_line(exc: BaseException) -> str:
+    """One line of a conversion failure: the converter's summary ("No conversion rule found for
+    operations: X-18") and its first specific reason, without the source-location framing."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    summary = [ln[2:].strip() for ln in lines[next((i for i, ln in enumerate(lines) if ln == "Summary:"),
+                                                    len(lines)):] if ln.startswith("--")]
+    reason = next((ln for ln in lines if not ln.startswith(_FRAMING)), None)
+    text = "; ".join(summary + ([reason] if reason else []))
+    return text or _first_line(exc)
 
 
 TARGET = OpenVinoTarget()

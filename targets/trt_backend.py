@@ -34,7 +34,7 @@ import numpy as np
 
 from dualrate.exporter.bundle import Bundle
 from dualrate.exporter.errors import BadInputError
-from dualrate.exporter.export import graph_rows
+from dualrate.exporter.sampling import graph_rows
 from dualrate.exporter.runner import BaseRunner
 from dualrate.exporter.spec import GraphIO, Spec
 

@@ -29,6 +29,7 @@ def test_two_exports_at_once(tiny_checkpoint, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outs
     a, b = (open_bundle(tmp_path / f"b{i}") for i in range(2))
     assert a.manifest["files"] == b.manifest["files"]          # same content, both complete
+    assert a.manifest["source"] == b.manifest["source"] and a.manifest["source"]["kind"] == "checkpoint"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b0", "b1"]   # no staging leftovers
 
 

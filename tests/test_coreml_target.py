@@ -20,7 +20,8 @@ from dualrate.exporter.checkpoint import make_config, save_checkpoint
 from dualrate.exporter.errors import BackendUnavailableError, BadInputError
 from dualrate.exporter.export import ExportOptions
 from dualrate.exporter.model_config import preset
-from dualrate.exporter.model_pair import SAMPLE, TIME, TIME_CTX, Conditioning, Decoder, DualRateModel, cond, feature
+from dualrate.exporter.model_pair import (SAMPLE, TIME, TIME_CTX, Conditioning, Decoder, DualRateModel, cond, feature,
+                                          features)
 from dualrate.exporter.spec import GraphIO, GuidanceSpec, TensorIO
 from dualrate.exporter.spec_builder import SamplerOptions
 from dualrate.targets.base import Compiled, get_target
@@ -30,7 +31,8 @@ from dualrate.validation.export_check import export_bundle
 pytest.importorskip("coremltools", reason="coremltools is not installed: pip install 'dualrate[coreml]'")
 
 from dualrate.targets.coreml_backend import (TARGET, PortableGroupNorm, check_fp16_preflight, convert_graph,  # noqa: E402
-                                             coreml_rows, fp16_preflight, inspect_package, portable_module)
+                                             coreml_names, coreml_rows, fp16_preflight, inspect_package,
+                                             portable_module)
 
 pytestmark = pytest.mark.slow
 # guidance at every step: graph calls carry 2x rows, so the enumerated batch must include them
@@ -252,7 +254,7 @@ def test_cli_compile_reuses_the_cache(bundle, compiled):
     assert "effective fp32" in res.stdout and "Traceback" not in res.stderr
 
 
-# -- a bundle exported from Python: other input names, dict features, a decoder ----------------------------
+# -- a bundle exported from Python: other input names, nested dict features, a decoder ----------------------
 class Enc(nn.Module):
     def __init__(self):
         super().__init__()
@@ -264,7 +266,7 @@ class Enc(nn.Module):
         arg = noise_level[:, None] * freqs
         emb = torch.cat([torch.sin(arg), torch.cos(arg)], 1) + self.label(label)
         h = torch.tanh(self.norm(self.conv(x)) + emb[:, :, None, None])
-        return {"mid": h, "low": nn.functional.avg_pool2d(h, 2)}
+        return {"mid": h, "down": [nn.functional.avg_pool2d(h, 2)]}          # features "mid", "down.0"
 
 
 class Den(nn.Module):
@@ -272,9 +274,9 @@ class Den(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(2 + 16, 2, 3, padding=1)
 
-    def forward(self, x, noise_level, cached_level, label, mid, low):
+    def forward(self, x, noise_level, cached_level, label, mid, down):
         scale = (1 + noise_level - cached_level)[:, None, None, None]
-        return self.conv(torch.cat([x, mid * scale, nn.functional.interpolate(low, scale_factor=2.0)], 1))
+        return self.conv(torch.cat([x, mid * scale, nn.functional.interpolate(down[0], scale_factor=2.0)], 1))
 
 
 class Dec(nn.Module):
@@ -292,7 +294,7 @@ def named_model(seed: int = 0) -> DualRateModel:
         Enc(), Den(),
         encoder_inputs={"x": SAMPLE, "noise_level": TIME, "label": cond("label")},
         denoiser_inputs={"x": SAMPLE, "noise_level": TIME, "cached_level": TIME_CTX, "label": cond("label"),
-                         "mid": feature("mid"), "low": feature("low")},
+                         "mid": feature("mid"), "down": features("down.*")},
         sample_shape=(2, 8, 8), prediction="v", time="t",
         conditioning=[Conditioning("label", (), "int64", null=3, num_classes=3)],
         decoder=Decoder(Dec(), input="latent", method="decode", scaling_factor=0.5)).eval()
@@ -322,7 +324,12 @@ def test_a_python_bundle_converts_every_graph_from_the_model(named):
     checks = TARGET.structural_checks(bundle, compiled)
     assert len(checks) == 18 and not [c for c in checks if not c["passed"]], checks
     detail = {ch["name"]: ch["detail"] for ch in checks}
-    assert "inputs ['x', 'noise_level', 'cached_level', 'label', 'mid', 'low']" in detail["denoiser: I/O names"]
+    # Core ML names are identifiers: "down.0" is "down_0" in the packages, and the checks expect exactly that
+    assert coreml_names(bundle.spec.model.encoder) == {"x": "x", "noise_level": "noise_level", "label": "label",
+                                                       "mid": "mid", "down.0": "down_0"}
+    assert rec["conversion"]["encoder"]["renamed"] == rec["conversion"]["denoiser"]["renamed"] == {"down.0": "down_0"}
+    assert "inputs ['x', 'noise_level', 'cached_level', 'label', 'mid', 'down_0']" in detail["denoiser: I/O names"]
+    assert "outputs ['mid', 'down_0']" in detail["encoder: I/O names"]
     assert "inputs ['latent'], outputs ['decoded']" in detail["decoder: I/O names"]
     # the same model again: the cache is reused
     again = TARGET.compile(bundle, "fp16", model=named_model())
@@ -366,6 +373,13 @@ def test_coreml_matches_pytorch_on_every_graph_of_a_python_bundle(named):
     results = graph_level(runner, vectors, gate_for("fp32"))
     assert {r.graph for r in results} == {"encoder", "denoiser", "decoder"}
     assert all(r.passed for r in results), [r.to_dict() for r in results if not r.passed]
+
+
+def test_coreml_names_are_identifiers_and_unique():
+    io = GraphIO((TensorIO("z", ("batch", 1), "float32", "sample"), TensorIO("a.b", ("batch", 1), "float32"),
+                  TensorIO("a_b", ("batch", 1), "float32"), TensorIO("0.x", ("batch", 1), "float32")),
+                 (TensorIO("out-put", ("batch", 1), "float32"),))
+    assert coreml_names(io) == {"z": "z", "a.b": "a_b_1", "a_b": "a_b", "0.x": "_0_x", "out-put": "out_put"}
 
 
 def _fixed(gio: GraphIO, rows: int) -> GraphIO:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dualrate.exporter.bundle import open_bundle
-from dualrate.exporter.checkpoint import load_checkpoint, make_config, save_checkpoint
+from dualrate.exporter.checkpoint import load_checkpoint
 from dualrate.exporter.errors import BadInputError, BundleError, ParityError
 from dualrate.exporter.export import ExportOptions
 from dualrate.exporter.sampling import sample, spec_noise

@@ -34,9 +34,10 @@ test module uses hypothesis). Hypothesis' on-disk caches (Unicode tables, consta
 writes nothing into the repository. Numerical RuntimeWarnings from numpy on absurd tables
 are silenced inside the properties: a warning is not an error.
 
-Generated inputs are structure-aware: mutations of real documents (a spec built by
-``tiny_spec``, the manifest of the shared tiny bundle exported by ``export_bundle``, real
-scheduler keys) at paths picked at random in the document (deletes, random JSON values
+Generated inputs are structure-aware: mutations of real documents (specs built by
+``tiny_spec`` and, for spec 2.0's stored null conditioning, decoder and time inputs, by a
+tiny text-conditioned model with a decoder; the manifest of the shared tiny bundle exported
+by ``export_bundle``; real scheduler keys) at paths picked at random in the document (deletes, random JSON values
 including huge integers and the non-standard tokens NaN/Infinity/1e400, type flips at
 any depth, list-length changes, shuffles, sign flips, key renames, swapped tables),
 plus arbitrary JSON, deep nesting, arbitrary text and arbitrary bytes.
@@ -209,7 +210,11 @@ ENUM_STRINGS = ["ancestral", "ddim", "v", "eps", "x0", "NCHW", "NHWC", "float32"
                 "uniform_logsnr", "cosine", "discrete", "uniform_t", "batch", "encoder", "denoiser", "z",
                 "logsnr[i]", "logsnr[refresh]", "class_id", "encoder.feat0", "encoder.feat1", "feat0",
                 "dualrate-sampler", "dualrate-bundle", "1.0.0", "2.0.0", "0.9.9", "1.0", "1.0.0.0",
-                "spec.json", "manifest.json", "encoder.onnx", "denoiser.onnx", "per_guidance_branch"]
+                "spec.json", "manifest.json", "encoder.onnx", "denoiser.onnx", "per_guidance_branch",
+                # spec 2.0: roles, null kinds, time inputs, a decoder
+                "sample", "time", "time_ctx", "cond:class_id", "cond:text", "cond:label", "feature:feat0",
+                "feature:feat9", "feature:mid", "cond:", "feature:", "none", "value", "file", "timestep",
+                "conditioning/text.null.npy", "../null.npy", "decoder", "decoder.onnx", "int64", "bool"]
 ODD_STRINGS = ["", " ", "\x00", "\ud800", "\u00e9", "\u0661.0.0", "NaN", "Infinity", "1e400", "true", "null",
                "0", "-1", "../x", "/etc/passwd", "\u202e", "a" * 300]
 
@@ -546,6 +551,20 @@ SPEC_BASE_OPTIONS: dict[str, dict[str, Any]] = {
 }
 SPEC_BASES: dict[str, Any] = {name: json.loads(tiny_spec(_PAIR, **opts).to_json())
                               for name, opts in SPEC_BASE_OPTIONS.items()}
+
+
+def _text_model_spec(time: str, **opts: Any) -> dict:
+    """Spec 2.0's other fields: a [3, 5] float conditioning with a stored null (``null_kind`` file),
+    a decoder, and a network time input other than log-SNR."""
+    from dualrate.exporter.export import spec_for_model
+    from dualrate.exporter.spec_builder import SamplerOptions
+    from tests.test_bad_input_matrix import text_model
+
+    return json.loads(spec_for_model(text_model(time=time), SamplerOptions(**opts), {}).to_json())
+
+
+SPEC_BASES["text-decoder-t"] = _text_model_spec("t", num_steps=3, guidance=1.5, refresh_params={"k": 2, "phase": 0})
+SPEC_BASES["text-decoder-logsnr"] = _text_model_spec("logsnr", num_steps=2, sampler="ddim", eta=0.0)
 SPEC_TEXTS = {name: dumps(doc, indent=True) for name, doc in SPEC_BASES.items()}
 SPEC_STRINGS = make_strings(_vocab_of(*SPEC_BASES.values()))
 SPEC_VALUES = make_json_values(SPEC_STRINGS)
@@ -556,7 +575,7 @@ def version_edit(draw, doc: Any) -> tuple[Any, Op | None]:
     """Every document passes the spec_version gate first, so it gets its own generator."""
     if draw(st.integers(0, 11)) != 7 or not isinstance(doc, dict):
         return doc, None
-    new = draw(weighted((3, semver_like), (1, st.sampled_from(["1.0.0", "1.9.99", "2.0.0", "0.1.0", "01.0.0"])),
+    new = draw(weighted((3, semver_like), (1, st.sampled_from(["1.0.0", "1.9.99", "2.0.0", "2.3.1", "3.0.0", "0.1.0", "01.0.0"])),
                         (1, SPEC_VALUES)))
     doc["spec_version"] = new
     return doc, Op("replace", "spec_version", new)
@@ -628,7 +647,7 @@ def _nest(depth: int, opener: str) -> str:
 
 spec_like_objects = st.builds(
     lambda version, rest: dumps({**({} if version is None else {"spec_version": version}), **rest}),
-    st.one_of(st.none(), st.just("1.0.0"), semver_like),
+    st.one_of(st.none(), st.just("2.0.0"), st.just("1.0.0"), semver_like),
     st.dictionaries(st.sampled_from(sorted(SPEC_BASES["ancestral"])) | SPEC_STRINGS, SPEC_VALUES, max_size=6))
 
 spec_texts = st.one_of(
@@ -956,9 +975,15 @@ def bundle_consistency(root: Path) -> str | None:
     if "encoder.onnx" not in listed or "denoiser.onnx" not in listed:
         return "a graph is not listed"
     try:
-        Spec.load(root / SPEC)
+        spec, _ = Spec.load(root / SPEC)
     except DualrateError as exc:
         return f"spec: {exc}"
+    for graph in spec.model.graphs():          # the decoder too, where the spec has one
+        if f"{graph}.onnx" not in listed:
+            return f"{graph}.onnx, which the spec needs, is not listed"
+    for c in spec.model.conditioning:          # stored null conditioning
+        if c.null_kind == "file" and c.null_file not in listed:
+            return f"{c.null_file}, the null of conditioning {c.name!r}, is not listed"
     return None
 
 

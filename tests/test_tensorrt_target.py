@@ -14,15 +14,16 @@ import pytest
 
 from dualrate.exporter.errors import BackendUnavailableError, BadInputError
 from dualrate.exporter.export import ExportOptions
+from dualrate.exporter.runner import graph_feeds, role_values
 from dualrate.exporter.sampling import sample, spec_noise
-from dualrate.exporter.spec import GraphIO
+from dualrate.exporter.spec import DecoderSpec, GraphIO, GuidanceSpec, TensorIO
 from dualrate.exporter.spec_builder import SamplerOptions
 from dualrate.exporter.torch_runner import TorchReferenceRunner
 from dualrate.targets.base import get_target
 from dualrate.targets.onnxrt import OrtRunner
-from dualrate.targets.trt_backend import (TARGET, DeviceFeatures, convert_onnx_fp16, fp16_graph_summary, profile_rows,
-                                 profile_shapes)
-from tests.conftest import REPO, run_cli, tiny_spec
+from dualrate.targets.trt_backend import (TARGET, DeviceTensor, convert_onnx_fp16, fp16_graph_summary,
+                                          graph_profile_rows, profile_rows, profile_shapes)
+from tests.conftest import REPO, run_cli
 from dualrate.validation.export_check import export_bundle
 from dualrate.validation.gates import gate_for
 from dualrate.validation.graph_parity import graph_level
@@ -74,17 +75,37 @@ def test_cli_compile_exits_3_with_the_reason_and_no_traceback(bundle):
     assert res.stderr.startswith("dualrate compile: error: target tensorrt is not usable here")
 
 
-def test_profile_rows_follow_guidance_and_the_golden_batch(pair, bundle):
+def test_profile_rows_follow_guidance_and_the_golden_batch(bundle):
     guided = bundle.spec                                       # guidance at every step: rows double
     assert profile_rows(guided, bundle.manifest) == (1, 4, 16)
     assert profile_rows(guided, bundle.manifest, max_batch=2, opt_batch=3) == (1, 6, 6)
-    plain = tiny_spec(pair)
+    plain = dataclasses.replace(guided, guidance=GuidanceSpec())          # no guidance: rows = samples
     assert profile_rows(plain, {"graph_rows": {"golden": 2}}) == (1, 2, 8)
     assert profile_rows(plain, {}) == (1, 1, 8)
     static = _static(guided, 6)
     assert profile_rows(static, bundle.manifest, max_batch=100) == (6, 6, 6)
     with pytest.raises(BadInputError, match="positive sample counts"):
         profile_rows(guided, {}, max_batch=0)
+
+
+def test_the_decoder_profile_is_over_samples(bundle):
+    """The decoder runs once on the final samples: guidance never doubles its rows."""
+    image = GraphIO((TensorIO("latent", ("batch", 1, 8, 8), "float32", "sample"),),
+                    (TensorIO("decoded", ("batch", 3, 16, 16), "float32"),))
+    spec = dataclasses.replace(bundle.spec, model=dataclasses.replace(
+        bundle.spec.model, decoder=DecoderSpec(image, output_shape=(3, 16, 16))))
+    for graph in ("encoder", "denoiser"):
+        assert graph_profile_rows(spec, bundle.manifest, graph) == profile_rows(spec, bundle.manifest) == (1, 4, 16)
+    assert bundle.manifest["export_options"]["golden_batch"] == 2
+    assert graph_profile_rows(spec, bundle.manifest, "decoder") == (1, 2, 8)
+    assert graph_profile_rows(spec, bundle.manifest, "decoder", max_batch=4, opt_batch=3) == (1, 3, 4)
+    assert profile_shapes(image, (1, 2, 8)) == {"latent": ((1, 1, 8, 8), (2, 1, 8, 8), (8, 1, 8, 8))}
+    static = dataclasses.replace(spec, model=dataclasses.replace(spec.model, decoder=DecoderSpec(
+        GraphIO(tuple(dataclasses.replace(t, shape=(3, *t.shape[1:])) for t in image.inputs), image.outputs),
+        output_shape=(3, 16, 16))))
+    assert graph_profile_rows(static, bundle.manifest, "decoder", max_batch=100) == (3, 3, 3)
+    with pytest.raises(BadInputError, match="positive sample counts"):
+        graph_profile_rows(spec, {}, "decoder", max_batch=0)
 
 
 def test_profile_shapes_cover_every_input(bundle):
@@ -98,13 +119,13 @@ def test_profile_shapes_cover_every_input(bundle):
 
 
 def test_fp16_graph_keeps_io_types_and_the_trig_path_in_fp32(bundle, tmp_path):
-    for graph in ("encoder", "denoiser"):
+    for graph in bundle.graph_names():
         dst = tmp_path / f"{graph}.fp16.onnx"
         report = convert_onnx_fp16(bundle.graph(graph), dst)
         assert {"Sin", "Cos", "Clip", "InstanceNormalization", "LayerNormalization"} <= set(report["kept_fp32"])
         assert report["fp16_nodes"] > 100 and report["trig_argument_nodes"] > 0 and not report["external_data"]
         summary = fp16_graph_summary(dst)
-        io = bundle.spec.model.encoder if graph == "encoder" else bundle.spec.model.denoiser
+        io = bundle.spec.model.graphs()[graph]
         assert summary["io"] == {t.name: t.dtype.upper().replace("FLOAT32", "FLOAT")
                                  for t in (*io.inputs, *io.outputs)}
         assert summary["fp16_values"] > 100 and summary["fp16_initializers"] > 50
@@ -115,14 +136,13 @@ def test_fp16_graph_keeps_io_types_and_the_trig_path_in_fp32(bundle, tmp_path):
 
 def test_fp16_graphs_pass_the_fp16_gate_on_onnx_runtime(bundle, tmp_path):
     """The fp16 graphs TensorRT would build from, run by ORT's CPU kernels against the PyTorch goldens."""
-    names = [o.name for o in bundle.spec.model.encoder.outputs]
-    vectors = {g: bundle.golden(g) for g in ("encoder_io", "denoiser_io")}
+    vectors = {f"{g}_io": bundle.golden(f"{g}_io") for g in bundle.graph_names()}
     worst = {}
     for trig_fp32 in (True, False):
-        paths = [tmp_path / f"{g}.{trig_fp32}.onnx" for g in ("encoder", "denoiser")]
-        for g, p in zip(("encoder", "denoiser"), paths):
+        paths = {g: tmp_path / f"{g}.{trig_fp32}.onnx" for g in bundle.graph_names()}
+        for g, p in paths.items():
             convert_onnx_fp16(bundle.graph(g), p, trig_fp32=trig_fp32)
-        results = graph_level(OrtRunner(*paths, names), vectors, names, gate_for("fp16"))
+        results = graph_level(OrtRunner(bundle.spec, paths), vectors, gate_for("fp16"))
         if trig_fp32:
             assert all(r.passed for r in results), [r.to_dict() for r in results if not r.passed]
         worst[trig_fp32] = max(r.metrics.rel_l2 for r in results if r.graph == "denoiser")
@@ -141,32 +161,44 @@ def test_engines_build_check_and_match_pytorch(bundle, pair, precision):
     assert rec["profiles"]["denoiser"]["z"] == [[1, 1, 8, 8], [4, 1, 8, 8], [16, 1, 8, 8]]
     checks = TARGET.structural_checks(bundle, compiled)
     assert checks and all(c["passed"] for c in checks), checks
-    names = [o.name for o in bundle.spec.model.encoder.outputs]
     runner = TARGET.open_runner(bundle, compiled)
     gate = gate_for(compiled.effective_precision)
-    results = graph_level(runner, {g: bundle.golden(g) for g in ("encoder_io", "denoiser_io")}, names, gate)
+    results = graph_level(runner, {f"{g}_io": bundle.golden(f"{g}_io") for g in bundle.graph_names()}, gate)
     assert all(r.passed for r in results), [r.to_dict() for r in results if not r.passed]
     labels = np.arange(3) % 10
     got = sample(runner, bundle.spec, labels, spec_noise(bundle.spec, 3, seed=5)).x
-    ref = sample(TorchReferenceRunner(pair), bundle.spec, labels, spec_noise(bundle.spec, 3, seed=5)).x
+    ref = sample(TorchReferenceRunner(pair, bundle.spec), bundle.spec, labels, spec_noise(bundle.spec, 3, seed=5)).x
     assert compare(got, ref).psnr_db >= gate.psnr_db
+
+
+def _feeds(spec, graph, z, lam, cls, features=None):
+    return graph_feeds(spec.model.graphs()[graph], role_values(z, lam, lam, {"class_id": cls}, features))
 
 
 @needs_trt
 def test_features_stay_on_the_device_and_bad_inputs_are_clear(bundle):
+    spec = bundle.spec
     runner = TARGET.open_runner(bundle, TARGET.compile(bundle, "fp32"))
     z, lam, cls = np.zeros((4, 1, 8, 8), np.float32), np.zeros(4, np.float32), np.zeros(4, np.int64)
-    feats = runner.encode(z, lam, cls)
-    assert isinstance(feats, DeviceFeatures) and feats.shapes == [(4, 16, 8, 8), (4, 32, 4, 4)]
-    again = runner.denoise(z, lam, lam, cls, feats)
+    feats = runner.encode(_feeds(spec, "encoder", z, lam, cls))
+    assert all(isinstance(f, DeviceTensor) for f in feats.values())
+    assert {k: f.shape for k, f in feats.items()} == {"feat0": (4, 16, 8, 8), "feat1": (4, 32, 4, 4)}
+    again = runner.denoise(_feeds(spec, "denoiser", z, lam, cls, feats))
     assert again.shape == (4, 1, 8, 8)
-    np.testing.assert_array_equal(again, runner.denoise(z, lam, lam, cls, runner.features_to_numpy(feats)))
-    with pytest.raises(BadInputError, match="tensorrt rejected the encoder inputs: z has shape"):
-        runner.encode(np.zeros((4, 3, 8, 8), np.float32), lam, cls)
-    with pytest.raises(BadInputError, match="z has dtype float64"):
-        runner.encode(z.astype(np.float64), lam, cls)
-    with pytest.raises(BadInputError, match="profile allows"):
-        runner.encode(np.zeros((17, 1, 8, 8), np.float32), np.zeros(17, np.float32), np.zeros(17, np.int64))
+    host = runner.features_to_numpy(feats)
+    np.testing.assert_array_equal(again, runner.denoise(_feeds(spec, "denoiser", z, lam, cls, host)))
+    with pytest.raises(BadInputError, match=r"encoder: input 'z' has shape \[4, 3, 8, 8\]"):
+        runner.encode(_feeds(spec, "encoder", np.zeros((4, 3, 8, 8), np.float32), lam, cls))
+    with pytest.raises(BadInputError, match="encoder: input 'z' has dtype float64"):
+        runner.encode(_feeds(spec, "encoder", z.astype(np.float64), lam, cls))
+    with pytest.raises(BadInputError, match=r"^tensorrt could not run the encoder graph: z has shape \[17, 1, 8, 8\], "
+                                            r"the engine's profile allows"):
+        runner.encode(_feeds(spec, "encoder", np.zeros((17, 1, 8, 8), np.float32), np.zeros(17, np.float32),
+                             np.zeros(17, np.int64)))
+    three = np.zeros((3, 1, 8, 8), np.float32)
+    with pytest.raises(BadInputError, match="tensorrt could not run the denoiser graph: feat0 has 4 rows, the other "
+                                            "inputs 3"):
+        runner.denoise(_feeds(spec, "denoiser", three, np.zeros(3, np.float32), np.zeros(3, np.int64), feats))
 
 
 def _static(spec, rows):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
 
 from dualrate.exporter.export import ExportOptions
@@ -35,6 +36,8 @@ def test_all_layers_pass_and_both_references_agree(bundle):
         assert doc["reference"] == ref
         assert _summary(doc) == [(name, "passed") for name in LAYERS[1:]]   # ORT has no structural layer
         assert doc["target"]["effective_precision"] == "fp32" and doc["gates"]["fp32"]["rel_l2"] == 1e-4
+        assert doc["source"]["kind"] == "checkpoint" and doc["source"]["name"] == "tiny"
+        assert doc["bundle"]["source_checkpoint_sha256"] == doc["source"]["sha256"]
     a, b = (docs[r]["layers"] for r in ("torch", "golden"))
     for la, lb in zip(a, b):
         assert [c["passed"] for c in la["checks"]] == [c["passed"] for c in lb["checks"]]
@@ -127,3 +130,75 @@ def test_bf16_rounding_is_bfloat16():
     x = np.array([1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -9, 3.14159265], np.float32)
     got = bf16_round(x)
     assert got.tolist() == [1.0, 1.0, 1 + 2 ** -6, 1.0, 3.140625]   # ties go to even
+
+
+
+# --------------------------------------------------------------------------- a Python model with a decoder
+
+@pytest.fixture(scope="module")
+def text_bundle(tmp_path_factory):
+    """A text-conditioned model with a stored null and an RGB decoder, exported from Python."""
+    import dualrate
+    from tests.test_bad_input_matrix import text_model
+
+    model = text_model()
+    out = tmp_path_factory.mktemp("t") / "bundle"
+    return model, dualrate.export(model, out, steps=4, guidance=2.0, refresh_every=2)
+
+
+def _layer(doc, name):
+    return next(layer for layer in doc["layers"] if layer["layer"] == name)
+
+
+def test_python_model_with_a_decoder_exports_its_source_and_three_graphs(text_bundle):
+    model, res = text_bundle
+    root = res.bundle.path
+    assert {(r.graph, r.output) for r in res.parity} == {("encoder", "mid"), ("denoiser", "prediction"),
+                                                         ("decoder", "decoded")}
+    assert all(r.passed for r in res.parity)
+    man = res.bundle.manifest
+    assert man["source"] == {"kind": "python", "name": "TextEncoder+TextDenoiser+RGBDecoder",
+                             "sha256": model.weights_sha256()}
+    assert man["source_checkpoint"] is None
+    assert {"decoder.onnx", "conditioning/text.null.npy", "golden/decoder_io.npz"} <= set(man["files"])
+    np.testing.assert_array_equal(res.bundle.nulls()["text"], np.zeros((3, 5), np.float32))
+    traj = res.bundle.golden("trajectory_seed0")
+    assert traj["cond.text"].shape == (2, 3, 5) and traj["decoded"].shape == (2, 3, 8, 8)
+    assert (root / "spec.json").is_file() and res.bundle.spec.model.decoder.scaling_factor == 0.5
+
+
+def test_python_model_with_a_decoder_validates_and_the_report_shows_the_decoded_grid(text_bundle, tmp_path):
+    import dualrate
+
+    model, res = text_bundle
+    for reference in (model, "golden"):
+        report = dualrate.validate(res.bundle, reference=reference)
+        doc = report.doc
+        assert report.verdict == "PASSED", report.summary()
+        assert doc["reference"] == ("torch" if reference is model else "golden")
+        assert doc["source"] == res.bundle.manifest["source"] and doc["bundle"]["source_checkpoint_sha256"] is None
+        assert ("decoder", "decoded") in {(c["graph"], c["output"]) for c in _layer(doc, "graph")["checks"]}
+        decoded = [c for c in _layer(doc, "free_running")["checks"] if c["graph"] == "decoder"]
+        assert [c["output"] for c in decoded] == ["decoded[trajectory_seed0]", "decoded[trajectory_seed1]"]
+        assert all(c["passed"] and c["metrics"]["rel_l2"] <= 1e-4 for c in decoded)
+        assert report.arrays["reference_decoded"].shape == report.arrays["backend_decoded"].shape == (2, 3, 8, 8)
+    html = report.save(tmp_path / "rep").read_text()
+    assert "<h2>Decoded output</h2>" in html and 'src="decoded_reference.png"' in html
+    assert "Python model TextEncoder+TextDenoiser+RGBDecoder" in html and model.weights_sha256() in html
+    assert sorted(p.name for p in (tmp_path / "rep").glob("decoded_*.png")) == [
+        "decoded_backend.png", "decoded_heatmap.png", "decoded_reference.png"]
+
+
+def test_a_reference_model_with_other_weights_is_refused(text_bundle):
+    import torch
+
+    import dualrate
+    from tests.test_bad_input_matrix import text_model
+
+    _, res = text_bundle
+    other = text_model()
+    with torch.no_grad():
+        other.decoder.module.conv.bias.add_(1e-3)
+    with pytest.raises(dualrate.BadInputError, match=r"the reference model's weights have sha256 [0-9a-f]{12}…, but "
+                                                     r"bundle .* was exported from weights with sha256"):
+        dualrate.validate(res.bundle, reference=other)

@@ -119,6 +119,9 @@ def reference_vectors(bundle: Bundle, opts: ValidateOptions) -> tuple[dict[str, 
             raise BadInputError("conditioning was given, but the golden vectors fix the conditioning they recorded; "
                                 "use --reference torch (the checkpoint, or the model in Python) to sample with it")
         return golden, "golden"
+    from dualrate.exporter.optional import require
+
+    require("torch", "--reference torch (recomputing the reference on the PyTorch model)")
     from dualrate.exporter.golden import capture, trajectory_conditioning
     from dualrate.exporter.torch_runner import TorchReferenceRunner
 
