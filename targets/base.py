@@ -95,7 +95,7 @@ class Target:
         self.check_precision(precision)
         out = bundle.target_dir(self.name, precision)
         # options are part of the cache key: other options rebuild instead of reusing
-        key_options = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(options.items()) if v is not None}
+        key_options = self.key_options(options)
         if not force:
             cached = self._cached(bundle, precision, out, key_options)
             if cached is not None:
@@ -112,6 +112,10 @@ class Target:
                                for p in sorted(tmp.rglob("*")) if p.is_file()}
             (tmp / COMPILE_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         return self._cached(bundle, precision, out, key_options) or Compiled(out, record)
+
+    def key_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The options that decide the artifacts (the compile cache key, recorded in compile.json)."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(options.items()) if v is not None}
 
     def cache_key(self) -> dict[str, Any]:
         """What else invalidates a compile (a converter's torch version, the CPU, ...)."""

@@ -442,6 +442,13 @@ class CoreMLTarget(Target):
             options["model"] = ModelOption(options["model"])
         return super().compile(bundle, precision, force=force, **options)
 
+    def key_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Where the modules come from (``model=``, ``checkpoint=``, ``allow_factory``) is pinned by the
+        manifest's source sha256, which every source is checked against: it does not change the
+        artifacts, so a compile made from Python is reused by the CLI and the other way round."""
+        return super().key_options({k: v for k, v in options.items()
+                                    if k not in ("model", "checkpoint", "allow_factory")})
+
     def compile_into(self, bundle: Bundle, precision: str, out: Path, checkpoint: str | Path | None = None,
                      allow_factory: bool = False, model: DualRateModel | None = None,
                      batch_sizes: Sequence[int] | None = None, conversion_order: Sequence[str] = ("export", "trace"),

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("diffusers")
     proc = subprocess.run([sys.executable, str(REPO / "examples" / "diffusers_dual_rate.py"), "--out", str(out),
-                           "--encoder-layers", "1", "--steps", "6"], capture_output=True, text=True, timeout=1500)
+                           "--encoder-layers", "1", "--steps", "5"], capture_output=True, text=True, timeout=1500)
     return out, proc
 
 
@@ -58,7 +58,7 @@ def test_bundle_binds_inputs_by_role_with_timesteps_text_and_decoder(run):
 
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
                           beta_end=0.012, timestep_spacing="trailing", steps_offset=1, set_alpha_to_one=False)
-    sched.set_timesteps(6)
+    sched.set_timesteps(5)
     assert spec["sampler"]["tables"]["model_time"] == [float(t) for t in sched.timesteps]
     assert (out / "bundle" / "conditioning" / "text.null.npy").is_file()
 
