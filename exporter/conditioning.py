@@ -54,14 +54,22 @@ def check_conditioning(spec: Spec, cond: Mapping[str, Any] | Sequence[int] | np.
             raise BadInputError(f"conditioning was given as a list, but this model takes {_names(declared)}; "
                                 "pass a mapping name -> array")
         cond = {cls.name: cond}
-    unknown = sorted(set(cond) - {c.name for c in declared})
+    missing = [c.name for c in declared if c.name not in cond]
+    if missing and not set(cond) - {c.name for c in declared}:
+        raise BadInputError(f"conditioning {missing[0]!r} is missing; this model takes {_names(declared)}")
+    out = check_rows(spec, cond)
+    return {c.name: out[c.name] for c in declared}
+
+
+def check_rows(spec: Spec, given: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Example rows for some of the conditioning inputs (``export(examples=...)``): known names,
+    each input's shape and dtype, at least one row, the same row count for all."""
+    declared = {c.name: c for c in spec.model.conditioning}
+    unknown = sorted(set(given) - set(declared))
     if unknown:
-        raise BadInputError(f"conditioning {unknown[0]!r} is not an input of this model; it takes {_names(declared)}")
-    out: dict[str, np.ndarray] = {}
-    for c in declared:
-        if c.name not in cond:
-            raise BadInputError(f"conditioning {c.name!r} is missing; this model takes {_names(declared)}")
-        out[c.name] = _coerce(c, cond[c.name])
+        raise BadInputError(f"conditioning {unknown[0]!r} is not an input of this model; it takes "
+                            f"{_names(spec.model.conditioning)}")
+    out = {name: _coerce(declared[name], value) for name, value in given.items()}
     sizes = {name: len(a) for name, a in out.items()}
     if len(set(sizes.values())) > 1:
         raise BadInputError(f"conditioning inputs disagree on the batch size: {sizes}")

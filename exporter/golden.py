@@ -53,14 +53,15 @@ def example_conditioning(spec: Spec, seed: int, batch: int, nulls: dict[str, np.
     """Conditioning of the golden trajectory for ``seed``: the caller's examples (``given``, rows
     cycled to ``batch``) where there are any; else consecutive class ids (different per seed),
     standard-normal floats (seeded), ones for other integer inputs (masks)."""
-    from .conditioning import np_dtype
+    from .conditioning import check_rows, np_dtype
 
     rng = np.random.default_rng(seed)
+    given = check_rows(spec, given) if given else None     # names, shapes, dtypes, class ranges; rows cycled below
     out = {}
     for c in spec.model.conditioning:
         if given and c.name in given:
-            rows = np.asarray(given[c.name])
-            out[c.name] = rows[(np.arange(batch) + seed * batch) % len(rows)].astype(np_dtype(c.dtype))
+            rows = given[c.name]
+            out[c.name] = rows[(np.arange(batch) + seed * batch) % len(rows)]
         elif c.num_classes is not None:
             out[c.name] = ((np.arange(batch) + seed * batch) % c.num_classes).astype(np_dtype(c.dtype))
         elif np_dtype(c.dtype) in (np.float32, np.float16, np.float64):

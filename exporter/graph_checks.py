@@ -36,7 +36,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .errors import BundleError
 from .spec import GraphIO, Spec
@@ -152,22 +152,39 @@ def _scan_model(model: Any, scan: GraphScan) -> None:
 def _graph_tensors(graph: Any, where: str, scan: GraphScan) -> None:
     prefix = f"{where} " if where else ""
     for t in graph.initializer:
-        _tensor(t, f"{prefix}initializer {_q(t.name)}", scan)
+        _tensor(t, lambda t=t: f"{prefix}initializer {_q(t.name)}", scan)
     if len(graph.sparse_initializer):
         raise _Fail(f"{prefix}sparse initializer {_q(graph.sparse_initializer[0].values.name)}: bundles hold "
                     "dense tensors only")
 
 
 def _scan_nodes(nodes: Any, where: str, functions: set, scan: GraphScan) -> None:
-    """Every node, and the nodes of every subgraph (If/Loop/Scan bodies) at any depth (iteratively)."""
+    """Every node, and the nodes of every subgraph (If/Loop/Scan bodies) at any depth (iteratively).
+    Labels are formatted only for a finding (or an external tensor): graphs hold thousands of nodes."""
     stack = [(nodes, where)]
     while stack:
         nodes, where = stack.pop()
         for i, node in enumerate(nodes):
-            label = _node(node, i, functions, scan, where)
+            def label(node: Any = node, i: int = i, where: str = where) -> str:
+                op = f"{node.domain}:{node.op_type}" if node.domain else node.op_type
+                text = f"node {_q(node.name) if node.name else '#' + str(i)} (op {_q(op)})"
+                return f"{where} {text}" if where else text
+
+            if node.domain and node.domain not in ALLOWED_DOMAINS and \
+                    (node.domain, node.op_type, node.overload) not in functions:
+                raise _Fail(f"{label()} is in the domain {_q(node.domain)}; bundles exported by dualrate use only "
+                            "the ONNX standard domain ('' / ai.onnx), and the model defines no such function. "
+                            "Refused: a custom domain runs code the runtime loads from elsewhere")
             for a in node.attribute:
+                if a.HasField("t"):
+                    _tensor(a.t, lambda a=a, label=label: f"{label()} attribute {_q(a.name)}", scan)
+                for k, t in enumerate(a.tensors):
+                    _tensor(t, lambda a=a, k=k, label=label: f"{label()} attribute {_q(a.name)}[{k}]", scan)
+                if a.HasField("sparse_tensor") or len(a.sparse_tensors):
+                    raise _Fail(f"{label()} attribute {_q(a.name)} holds a sparse tensor; bundles hold dense "
+                                "tensors only")
                 for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                    sub_where = f"{label} attribute {_q(a.name)} subgraph"
+                    sub_where = f"{label()} attribute {_q(a.name)} subgraph"
                     _graph_tensors(sub, sub_where, scan)
                     stack.append((sub.node, sub_where))
 
@@ -176,25 +193,6 @@ def _check_import(domain: str, local: set[str], where: str) -> None:
     if domain not in ALLOWED_DOMAINS and domain not in local:
         raise _Fail(f"{where} names the domain {_q(domain)}; bundles exported by dualrate use only the ONNX "
                     "standard domain ('' / ai.onnx)")
-
-
-def _node(node: Any, index: int, functions: set, scan: GraphScan, where: str) -> str:
-    op = f"{node.domain}:{node.op_type}" if node.domain else node.op_type
-    label = f"node {_q(node.name) if node.name else '#' + str(index)} (op {_q(op)})"
-    if where:
-        label = f"{where} {label}"
-    if node.domain not in ALLOWED_DOMAINS and (node.domain, node.op_type, node.overload) not in functions:
-        raise _Fail(f"{label} is in the domain {_q(node.domain)}; bundles exported by dualrate use only the ONNX "
-                    "standard domain ('' / ai.onnx), and the model defines no such function. Refused: a custom "
-                    "domain runs code the runtime loads from elsewhere")
-    for a in node.attribute:
-        if a.HasField("t"):
-            _tensor(a.t, f"{label} attribute {_q(a.name)}", scan)
-        for k, t in enumerate(a.tensors):
-            _tensor(t, f"{label} attribute {_q(a.name)}[{k}]", scan)
-        if a.HasField("sparse_tensor") or len(a.sparse_tensors):
-            raise _Fail(f"{label} attribute {_q(a.name)} holds a sparse tensor; bundles hold dense tensors only")
-    return label
 
 
 def _sig(v: Any) -> ValueSig:
@@ -208,43 +206,42 @@ def _sig(v: Any) -> ValueSig:
     return ValueSig(v.name, tt.elem_type, dims)
 
 
-def _tensor(t: Any, label: str, scan: GraphScan) -> None:
+def _tensor(t: Any, label: Callable[[], str], scan: GraphScan) -> None:
     """A tensor's dtype, dims and bytes; an external one is recorded for ``check_scans``."""
     if t.data_type not in _BITS:
         name = {8: "STRING"}.get(t.data_type, f"data_type {t.data_type}")
-        raise _Fail(f"{label} has {name}; expected a numeric tensor type")
+        raise _Fail(f"{label()} has {name}; expected a numeric tensor type")
     if any(d < 0 for d in t.dims):
-        raise _Fail(f"{label} has dims {list(t.dims)[:8]}; expected non-negative sizes")
+        raise _Fail(f"{label()} has dims {list(t.dims)[:8]}; expected non-negative sizes")
     numel = math.prod(t.dims)
     nbytes = (numel * _BITS[t.data_type] + 7) // 8
-    shape = f"{_dtype_name(t.data_type)} {list(t.dims)[:8]}"
     if t.HasField("segment"):
-        raise _Fail(f"{label} is a segment of a tensor; bundles hold whole tensors")
+        raise _Fail(f"{label()} is a segment of a tensor; bundles hold whole tensors")
     if t.data_location == _EXTERNAL:
         if t.HasField("raw_data") or any(len(getattr(t, f)) for f in _TYPED_FIELDS):
-            raise _Fail(f"{label} is marked external but also holds data in the file; expected one or the other")
-        scan.external.append(_external(t, label, nbytes))
+            raise _Fail(f"{label()} is marked external but also holds data in the file; expected one or the other")
+        scan.external.append(_external(t, label(), nbytes))
         return
     if t.data_location != 0:
-        raise _Fail(f"{label} has data_location {t.data_location}; expected 0 (in the file) or 1 (external)")
+        raise _Fail(f"{label()} has data_location {t.data_location}; expected 0 (in the file) or 1 (external)")
     if len(t.external_data):
-        raise _Fail(f"{label} has external_data entries but is not marked external; expected neither or both")
+        raise _Fail(f"{label()} has external_data entries but is not marked external; expected neither or both")
     if t.HasField("raw_data"):
         if any(len(getattr(t, f)) for f in _TYPED_FIELDS):
-            raise _Fail(f"{label} holds raw_data and typed values; expected one of them")
+            raise _Fail(f"{label()} holds raw_data and typed values; expected one of them")
         got = _raw_len(t)
         if got != nbytes:
-            raise _Fail(f"{label} holds {got} bytes; its shape and dtype ({shape}) need {nbytes}")
+            raise _Fail(f"{label()} holds {got} bytes; its shape and dtype ({_shape(t)}) need {nbytes}")
         return
     want_field, per = _TYPED[t.data_type]
     want = math.ceil(numel * per)
     for f in _TYPED_FIELDS:
         n = len(getattr(t, f))
         if f != want_field and n:
-            raise _Fail(f"{label} ({shape}) keeps values in {f}; expected {want_field}")
+            raise _Fail(f"{label()} ({_shape(t)}) keeps values in {f}; expected {want_field}")
     got = len(getattr(t, want_field))
     if got != want:
-        raise _Fail(f"{label} holds {got} values; its shape and dtype ({shape}) need {want}")
+        raise _Fail(f"{label()} holds {got} values; its shape and dtype ({_shape(t)}) need {want}")
 
 
 def _raw_len(t: Any) -> int:
@@ -262,6 +259,11 @@ def _raw_len(t: Any) -> int:
 
 def _varint_size(n: int) -> int:
     return max(1, (max(n, 0).bit_length() + 6) // 7)
+
+
+def _shape(t: Any) -> str:
+    dims = list(t.dims)
+    return f"{_dtype_name(t.data_type)} {dims[:8]}{'…' if len(dims) > 8 else ''}"
 
 
 def _dtype_name(data_type: int) -> str:

@@ -198,6 +198,11 @@ class DualRateModel:
                 if graph == "encoder" and role.kind in ("time_ctx", "feature", "features"):
                     raise BadInputError(f"encoder input {param!r} is bound to {role.kind}, which only the denoiser "
                                         "can take")
+        d = self.decoder
+        if d is not None and not (np.isfinite(d.scaling_factor) and d.scaling_factor != 0 and np.isfinite(d.shift_factor)):
+            raise BadInputError(f"decoder scaling_factor/shift_factor are {d.scaling_factor}/{d.shift_factor}; the "
+                                "decoder is fed sample / scaling_factor + shift_factor: expected finite numbers and "
+                                "a non-zero scaling_factor")
         if not any(r.kind in ("feature", "features") for r in self.denoiser_inputs.values()):
             raise BadInputError("the denoiser takes no encoder feature; bind at least one input to "
                                 "dualrate.feature(name) or dualrate.features(...)")
@@ -520,8 +525,9 @@ def describe(model: DualRateModel, time_value: float) -> ModelSpec:
         latent = (values[ROLE_SAMPLE] / np.float32(d.scaling_factor) + np.float32(d.shift_factor)).astype(np.float32)
         (_, img), = _probe(dec, (torch.from_numpy(latent),))
         if not torch.all(torch.isfinite(img)):
-            raise BadInputError("the decoder's output is non-finite (NaN/Inf) on a standard-normal latent; check the "
-                                "decoder module and its scaling_factor/shift_factor")
+            raise BadInputError(f"the decoder ({type(d.module).__name__}.{d.method}) returned NaN/Inf for input "
+                                f"{d.input!r} = sample / {d.scaling_factor} + {d.shift_factor} (float32 "
+                                f"{list(latent.shape)}, a standard-normal sample); expected finite values")
         decoder = DecoderSpec(gio(dec, (TensorIO("decoded", ("batch", *img.shape[1:]), _dtype(img, "decoder output")),)),
                               float(d.scaling_factor), float(d.shift_factor), tuple(int(x) for x in img.shape[1:]),
                               tuple(float(x) for x in d.data_range))

@@ -331,7 +331,7 @@ class Spec:
             bad = np.abs(lam - want_lam) > 1e-12 + 1e-12 * np.abs(want_lam)
             if np.any(bad):
                 i = int(np.argmax(bad))
-                raise SpecError(f"sampler.tables.logsnr[{i}] is {lam[i]!r} but process.schedule gives {want_lam[i]!r}")
+                raise SpecError(f"sampler.tables.logsnr[{i}] is {float(lam[i])!r} but process.schedule gives {float(want_lam[i])!r}")
         if sch.get("family") == "discrete" and s.time_grid == "discrete":
             _check_discrete(sch, lam, s.num_steps)
         alpha, sigma = alpha_sigma(lam)
@@ -342,8 +342,8 @@ class Spec:
             bad = np.abs(got - want) > 1e-12 + 1e-9 * np.abs(want)
             if np.any(bad):
                 i = int(np.argmax(bad))
-                raise SpecError(f"sampler.tables.{key}[{i}] is {got[i]!r} but the {s.type} step from "
-                                f"logsnr gives {want[i]!r}; the tables are inconsistent (edited or corrupt)")
+                raise SpecError(f"sampler.tables.{key}[{i}] is {float(got[i])!r} but the {s.type} step from "
+                                f"logsnr gives {float(want[i])!r}; the tables are inconsistent (edited or corrupt)")
 
 
 MAX_TRAIN_TIMESTEPS = 100_000
@@ -373,8 +373,8 @@ def _check_discrete(sch: Mapping[str, Any], lam: np.ndarray, n: int) -> None:
     bad = lam[:n] != want
     if np.any(bad):
         i = int(np.argmax(bad))
-        raise SpecError(f"sampler.tables.logsnr[{i}] is {lam[i]!r} but process.schedule's alphabar at timestep "
-                        f"{int(ts[i])} gives {want[i]!r}; the tables do not match the model's training schedule")
+        raise SpecError(f"sampler.tables.logsnr[{i}] is {float(lam[i])!r} but process.schedule's alphabar at timestep "
+                        f"{int(ts[i])} gives {float(want[i])!r}; the tables do not match the model's training schedule")
 
 
 def _check_model_time(kind: str, tab: Tables, n: int) -> None:
@@ -388,11 +388,11 @@ def _check_model_time(kind: str, tab: Tables, n: int) -> None:
         want = tab.array(kind)[:n]
         if not np.array_equal(got, want):
             i = int(np.argmax(got != want))
-            raise SpecError(f"sampler.tables.model_time[{i}] is {got[i]!r} but model.time_input {kind} "
-                            f"says it is sampler.tables.{kind}[{i}] = {want[i]!r}")
+            raise SpecError(f"sampler.tables.model_time[{i}] is {float(got[i])!r} but model.time_input {kind} "
+                            f"says it is sampler.tables.{kind}[{i}] = {float(want[i])!r}")
     elif np.any(got != np.round(got)) or np.any(got < 0):
         i = int(np.argmax((got != np.round(got)) | (got < 0)))
-        raise SpecError(f"sampler.tables.model_time[{i}] is {got[i]!r}; discrete timesteps are "
+        raise SpecError(f"sampler.tables.model_time[{i}] is {float(got[i])!r}; discrete timesteps are "
                         "non-negative integers")
 
 
@@ -445,7 +445,7 @@ def _check_bindings(m: ModelSpec) -> None:
         for tio in gio.inputs:
             where = f"model.{graph} input {tio.name!r}"
             if tio.feeds not in allowed[graph]:
-                raise SpecError(f"{where} is fed {tio.feeds!r}; a {graph} input is fed one of "
+                raise SpecError(f"{where} is fed {tio.feeds!r}; an input of the {graph} is fed one of "
                                 f"{', '.join(sorted(allowed[graph]))}")
             if tio.feeds in seen:
                 raise SpecError(f"{where}: role {tio.feeds!r} feeds two inputs; one input per role")

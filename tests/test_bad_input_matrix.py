@@ -330,8 +330,8 @@ def _api_cases():
         # a decoder whose output is non-finite
         "decoder-non-finite": (
             dict(decoder=_dec(NaNDecoder())), {}, dualrate.BadInputError,
-            "the decoder's output is non-finite (NaN/Inf) on a standard-normal latent; check the decoder module "
-            "and its scaling_factor/shift_factor"),
+            "the decoder (NaNDecoder.forward) returned NaN/Inf for input 'latent' = sample / 1.0 + 0.0 (float32 "
+            "[1, "),
     }
 
 
@@ -372,9 +372,6 @@ def test_bad_input_through_the_python_api_leaves_an_existing_bundle_alone(tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"] and (out / "keep.txt").read_text() == "mine"
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: exporter/golden.py example_conditioning indexes and casts "
-                                       "examples (.astype) before any check: bare ValueError / IndexError")
-@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
 @pytest.mark.parametrize("rows,needle", [
     (np.full((2, 3, 5), "a"), "conditioning 'text' has dtype <U1; expected float32"),
     (np.zeros((0, 3, 5), np.float32), "conditioning holds no samples"),
@@ -385,10 +382,16 @@ def test_examples_of_the_wrong_dtype_or_empty_are_refused(tmp_path, rows, needle
     _refused_by_export(tmp_path, text_model(), dict(examples={"text": rows}), dualrate.BadInputError, needle)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: examples naming no conditioning input are silently ignored "
-                                       "(exporter/golden.py example_conditioning)")
 def test_examples_naming_an_unknown_input_are_refused(tmp_path):
     import dualrate
 
     _refused_by_export(tmp_path, text_model(), dict(examples={"prompt": np.zeros((2, 3, 5), np.float32)}),
                        dualrate.BadInputError, "'prompt' is not an input of this model; it takes 'text'")
+
+
+def test_a_decoder_scaling_factor_of_zero_is_refused_when_the_model_is_declared():
+    import dualrate
+
+    with pytest.raises(dualrate.BadInputError, match=r"decoder scaling_factor/shift_factor are 0.0/0.0; the decoder "
+                       r"is fed sample / scaling_factor \+ shift_factor: expected finite numbers and a non-zero"):
+        text_model(decoder=_dec(RGBDecoder(), scaling_factor=0.0))

@@ -188,7 +188,7 @@ ROLE_CASES = {
     "unknown-role": ("encoder", "logsnr", {"feeds": "timestep"},
                      "model.encoder input 'logsnr' is fed 'timestep'; "),
     "unknown-role-lists-the-allowed": ("encoder", "logsnr", {"feeds": "timestep"},
-                                       "input is fed one of cond:class_id, sample, time"),
+                                       "an input of the encoder is fed one of cond:class_id, sample, time"),
     "empty-role": ("denoiser", "z", {"feeds": ""}, "model.denoiser input 'z' is fed ''"),
     "undeclared-conditioning": ("encoder", "class_id", {"feeds": "cond:label"},
                                 "model.encoder input 'class_id' is fed 'cond:label'"),
@@ -198,7 +198,7 @@ ROLE_CASES = {
                             "model.encoder input 'logsnr' is fed 'time_ctx'"),
     # a feature the encoder does not produce
     "missing-feature": ("denoiser", "feat1", {"feeds": "feature:feat9"},
-                        "model.denoiser input 'feat1' is fed 'feature:feat9'; a denoiser input is fed one of "
+                        "model.denoiser input 'feat1' is fed 'feature:feat9'; an input of the denoiser is fed one of "
                         "cond:class_id, feature:feat0, feature:feat1, sample, time, time_ctx"),
     # one role, two inputs
     "role-twice": ("denoiser", "logsnr_ctx", {"feeds": "time"},

@@ -168,6 +168,9 @@ def _header(bundle: Bundle, opts: ValidateOptions) -> dict[str, Any]:
                        "graphs": {g: bundle.file_hash(f"{g}.onnx") for g in bundle.graph_names()},
                        "source_checkpoint_sha256": (bundle.manifest.get("source_checkpoint") or {}).get("sha256")},
             "source": bundle.manifest.get("source"),
+            "decoder": None if bundle.spec.model.decoder is None else {
+                "data_range": list(bundle.spec.model.decoder.data_range),
+                "output_shape": list(bundle.spec.model.decoder.output_shape)},
             "target": {"backend": opts.target, "requested_precision": opts.precision, "effective_precision": None},
             "reference": opts.reference, "gates": {}, "shapes": {}}
 

@@ -96,7 +96,7 @@ def _smoke(target, bundle) -> str:
         runner = target.open_runner(bundle, compiled)
         inputs, outputs = graph_calls(bundle.golden("encoder_io"))[0]
         names = [o.name for o in bundle.spec.model.encoder.outputs]
-        got = run_graph(runner, "encoder", inputs, names)
+        got = run_graph(runner, "encoder", inputs)
         worst = max(compare(got[n], outputs[n]).rel_l2 for n in names)
         return f"encoder OK, rel-L2 {worst:.1e} vs PyTorch (effective {compiled.effective_precision})"
     except DualrateError as exc:
