@@ -50,7 +50,7 @@ def sampler_options(*, steps: int = 32, sampler: str = "ancestral", eta: float |
 
 def export(model: Any, output: str | Path, *, options: Any = None, examples: Mapping[str, Any] | None = None,
            force: bool = False, allow_factory: bool = False, progress: Callable[[str], None] | None = None,
-           static_batch: int | None = None, **sampler: Any):
+           static_batch: int | None = None, calibrate_precisions: bool | Sequence[str] = False, **sampler: Any):
     """Trace ``model`` into a verified bundle at ``output``.
 
     Args:
@@ -61,8 +61,14 @@ def export(model: Any, output: str | Path, *, options: Any = None, examples: Map
         examples: conditioning rows (name -> array [n, *shape]) for the golden trajectories,
             e.g. real prompt embeddings; default: class ids / standard-normal / ones.
         static_batch: fix the batch axis to this many samples (default: dynamic).
+        calibrate_precisions: also store the bf16/fp16 gate calibration now (True, or a list of
+            precisions); by default it is computed when a reduced-precision target is first
+            compiled or validated with the model at hand.
+        progress: called with each ``dualrate.exporter.progress.Event`` (a str: the stage line);
+            ``dualrate.exporter.progress.console()`` shows them as the CLI does.
     Returns:
-        ``ExportResult``: ``.bundle`` (the opened, verified bundle) and ``.parity`` (ONNX Runtime vs PyTorch).
+        ``ExportResult``: ``.bundle`` (the opened, verified bundle), ``.parity`` (ONNX Runtime vs
+        PyTorch), ``.timings`` (stage -> seconds) and ``.calibration``.
     Raises:
         BadInputError (a module that does not accept its declared inputs, a missing null under
         guidance, an existing output...), ParityError (ONNX Runtime disagrees: nothing is written).
@@ -80,22 +86,48 @@ def export(model: Any, output: str | Path, *, options: Any = None, examples: Map
         options = ExportOptions(sampler=sampler_options(**sampler), static_batch=static_batch)
     elif sampler:
         raise BadInputError(f"pass sampler settings either in options or as keywords, not both ({sorted(sampler)})")
-    return export_bundle(model, output, options, force=force, allow_factory=allow_factory,
-                         progress=progress or (lambda _: None),
-                         examples=None if examples is None else {k: np.asarray(v) for k, v in examples.items()})
+    return export_bundle(model, output, options, force=force, allow_factory=allow_factory, progress=progress,
+                         examples=None if examples is None else {k: np.asarray(v) for k, v in examples.items()},
+                         calibrate_precisions=calibrate_precisions)
 
 
 def compile(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32", force: bool = False,
-            **options: Any):
+            model: Any = None, progress: Callable[[str], None] | None = None, **options: Any):
     """Compile ``bundle`` for ``target`` (cached in ``BUNDLE/targets/<target>-<precision>``).
 
-    ``options`` are the backend's own (Core ML: ``model=`` the DualRateModel for a bundle exported
-    from Python, since it converts from the PyTorch modules). Returns the ``Compiled`` cache entry;
-    ``BackendUnavailableError`` where the runtime cannot run here.
+    ``options`` are the backend's own. ``model`` is the bundle's DualRateModel (checked by its
+    weights' sha256): Core ML converts from it for a bundle exported from Python, and a bf16/fp16
+    compile calibrates the per-call gates on it (a checkpoint bundle finds its checkpoint itself;
+    stored once in ``BUNDLE/calibration/``). Returns the ``Compiled`` cache entry, with
+    ``.timings`` and ``.calibration``; ``BackendUnavailableError`` where the runtime cannot run here.
     """
+    from dualrate.exporter.progress import Stages
     from dualrate.targets.base import get_target
 
-    return get_target(target).compile(_bundle(bundle), precision, force=force, **options)
+    b, t = _bundle(bundle), get_target(target)
+    stages = Stages(progress)
+    if model is not None and t.converts_from_model:
+        options["model"] = model
+    with stages("compile", f"compiling for {target} {precision}"):
+        compiled = t.compile(b, precision, force=force, **options)
+    compiled.calibration = _calibrate(b, compiled.effective_precision, model, options.get("checkpoint"), stages)
+    compiled.timings = dict(stages.timings)
+    return compiled
+
+
+def _calibrate(bundle: Bundle, precision: str, model: Any, checkpoint: Any, stages: Any) -> dict[str, Any]:
+    """The per-call gate calibration of a reduced ``precision``, computed now where the model is here."""
+    from dualrate.exporter.optional import have
+    from dualrate.exporter.precision_calibration import LOW_PRECISIONS, ensure, model_from
+
+    if precision not in LOW_PRECISIONS:
+        return {"precision": precision, "status": "not_needed"}
+    if not have("torch"):
+        return ensure(bundle, precision, provider=lambda: (None, "PyTorch is not installed here"))[1]
+    from dualrate.exporter.torch_runner import machine_threads
+
+    with machine_threads():
+        return ensure(bundle, precision, provider=lambda: model_from(bundle, model, checkpoint), stages=stages)[1]
 
 
 def open_runner(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32", threads: int = 0, **options):
@@ -159,7 +191,13 @@ class ValidationReport:
 
     def summary(self) -> str:
         from dualrate.validation.reports import console_summary
-        return console_summary(self.doc)
+
+        text = console_summary(self.doc)
+        notes = [f"note: {n}" for n in self.doc.get("notes") or []]
+        if not notes:
+            return text
+        *head, verdict = text.split("\n")       # the verdict stays the last line
+        return "\n".join([*head, *notes, verdict])
 
     def save(self, directory: str | Path, data_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
         """Write ``report.json`` and ``report.html`` into ``directory``; returns the HTML path."""
@@ -177,14 +215,22 @@ class ValidationReport:
 def validate(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32", reference: Any = "auto",
              checkpoint: str | Path | None = None, gate_overrides: Mapping[str, Mapping[str, float]] | None = None,
              gate_precision: str | None = None, threads: int = 0,
-             conditioning: Mapping[str, Any] | None = None) -> ValidationReport:
+             conditioning: Mapping[str, Any] | None = None, baseline: str | Path | Mapping[str, Any] | None = None,
+             baseline_factor: float = 2.0, baseline_epsilon: float = 1e-8,
+             progress: Callable[[str], None] | None = None) -> ValidationReport:
     """Layered, fail-closed parity of the compiled bundle against the reference sampler.
 
     ``reference``: ``"auto"``, ``"torch"`` (the source checkpoint), ``"golden"`` (the bundle's
     vectors, no PyTorch needed) or a ``DualRateModel`` (the model the bundle was exported from,
     checked by its weights' sha256). ``conditioning`` (name -> rows) replaces the recorded
-    conditioning of the reference trajectories; it needs a live reference. Returns a
-    ``ValidationReport`` (never raises for a parity failure: read ``.verdict``).
+    conditioning of the reference trajectories; it needs a live reference. ``baseline`` (an earlier
+    report of the same bundle and target: its path or document) fails the run when any metric grew
+    past ``baseline_factor`` x its baseline value + ``baseline_epsilon`` (``validation.baseline``).
+    Returns a ``ValidationReport`` (never raises for a parity failure: read ``.verdict``); its
+    ``doc["timings"]`` holds each stage's seconds, which ``progress`` is told as they run.
+    A bf16/fp16 run calibrates its per-call gates on the PyTorch model the first time (stored in
+    ``BUNDLE/calibration/``); without a model here and nothing stored, the default gates are used
+    and ``doc["notes"]`` says so.
     """
     from dualrate.validation.validate import ValidateOptions
     from dualrate.validation.validate import validate as run_layers
@@ -196,7 +242,21 @@ def validate(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32
                            model=model,
                            conditioning=None if conditioning is None else {k: np.asarray(v)
                                                                            for k, v in conditioning.items()})
-    doc, arrays = run_layers(_bundle(bundle).path, opts)
+    b = _bundle(bundle)
+    if baseline is not None:          # refused before anything runs: another bundle/target, not a report
+        from dualrate.validation import baseline as bl
+
+        where = baseline if isinstance(baseline, (str, Path)) else "(document)"
+        base = bl.load_report(baseline) if isinstance(baseline, (str, Path)) else dict(baseline)
+        if not bl.is_report(base):
+            raise BadInputError("baseline: not a dualrate validate report")
+        bl.check_baseline(base, bl.bundle_identity({"bundle": {
+            "spec_sha256": b.file_hash("spec.json"), "graphs": {g: b.file_hash(f"{g}.onnx") for g in b.graph_names()}}}),
+            target, where)
+        bl.compare({}, base, where, baseline_factor, baseline_epsilon)     # bad factor/epsilon: refused now
+    doc, arrays = run_layers(b.path, opts, progress)
+    if baseline is not None:
+        bl.apply(doc, bl.compare(doc, base, where, baseline_factor, baseline_epsilon))
     return ValidationReport(doc, arrays)
 
 

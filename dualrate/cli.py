@@ -14,7 +14,8 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .commands import (add_bench_command, add_doctor_command, add_export_commands, add_golden_command,
-                       add_model_commands, add_sample_command, add_spec_commands, add_validate_command)
+                       add_model_commands, add_report_command, add_sample_command, add_spec_commands,
+                       add_validate_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_spec_commands(sub)
     add_sample_command(sub)
     add_validate_command(sub)
+    add_report_command(sub)
     add_golden_command(sub)
     add_doctor_command(sub)
     add_bench_command(sub)
@@ -36,7 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_openmp() -> None:
+    """Let PyTorch's OpenMP threads sleep at a barrier instead of spinning (unless the environment
+    already chooses): on a busy or shared machine (CI), a spinning thread starves the one it waits
+    for. Read once, when PyTorch loads, so it is set before any command imports it. Measured on the
+    reference trajectories of small-32 (2 cores, load average 10): 268 s spinning, 45 s sleeping,
+    the same bytes (docs/benchmarks.md)."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_openmp()
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)

@@ -12,12 +12,12 @@ only when every target that can run here PASSED.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
 import dualrate as dr
+from dualrate.exporter.progress import console
 from diffusers_pair import build_pair
 
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     text, mask = p.make_text(4, seed=1)
     exported = dr.export(model, args.out / "bundle", steps=args.steps, sampler="ddim", refresh_every=3,
                          guidance=3.0, force=True, examples={"text": text.numpy(), "text_mask": mask.numpy()},
-                         progress=lambda m: print(f"  {m}", file=sys.stderr))
+                         progress=console())
     for r in exported.parity:
         print(f"export parity {r.graph}/{r.output}: rel-L2 {r.metrics.rel_l2:.2e}")
     verdicts = {}

@@ -10,10 +10,12 @@ Layout::
     conditioning/<name>.null.npy   stored null conditioning (an empty-prompt embedding, say)
     golden/*.npz      reference vectors (read with allow_pickle=False)
     targets/<backend>-<precision>/   compiled artifacts, each with its own compile.json
+    calibration/<precision>.npz + .json   reduced-precision gate calibration, computed when first needed
 
 Opening a bundle verifies every hash; a changed, missing or extra file is a
 ``BundleError`` and nothing runs on it. ``targets/`` is a compile cache that its
-backend verifies against its own ``compile.json``.
+backend verifies against its own ``compile.json``; ``calibration/`` is verified against its
+own records (``precision_calibration``). Neither is part of the manifest.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 SPEC = "spec.json"
 TARGETS_DIR = "targets"
+CALIBRATION_DIR = "calibration"
+UNHASHED_DIRS = (TARGETS_DIR, CALIBRATION_DIR)     # caches with their own records, outside the manifest
 
 
 def sha256_file(path: Path) -> str:
@@ -56,12 +60,16 @@ def _mapped(path: Path):
         if os.fstat(fh.fileno()).st_size == 0:
             yield b""
             return
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            view = memoryview(mm)
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        view = memoryview(mm)
+        try:
+            yield view
+        finally:
             try:
-                yield view
-            finally:
                 view.release()
+                mm.close()
+            except BufferError:     # a view still held somewhere: the map goes when it does
+                pass
 
 
 def _payload_files(root: Path) -> list[str]:
@@ -69,7 +77,7 @@ def _payload_files(root: Path) -> list[str]:
     out = []
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if p.is_dir() or rel == MANIFEST or rel.split("/")[0] == TARGETS_DIR:
+        if p.is_dir() or rel == MANIFEST or rel.split("/")[0] in UNHASHED_DIRS:
             continue
         out.append(rel)
     return out

@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from .bundle import SPEC, write_manifest
 from .errors import BadInputError
+from .fp32_floor import FLOOR_NAME
+from .fp32_floor import measure as measure_floor
 from .golden import capture, write_golden
 from .sampling import graph_rows
 from .model_pair import DualRateModel, describe
 from .export_options import ExportOptions
 from .onnx_export import check_graph, export_graph
+from .progress import Progress, Stages
 from .spec import Spec
 from .spec_builder import SamplerOptions, assemble_spec, cosine_grid
-from .torch_runner import TorchReferenceRunner
-
-Progress = Callable[[str], None]
+from .torch_runner import TorchReferenceRunner, machine_threads
 
 
 def versions() -> dict[str, str]:
@@ -57,18 +57,28 @@ def spec_for_model(model: DualRateModel, opts: SamplerOptions, provenance: dict,
 
 
 def build_bundle(model: DualRateModel, root: Path, opts: ExportOptions, source: dict,
-                 progress: Progress = lambda _: None, examples: dict[str, np.ndarray] | None = None) -> Spec:
+                 progress: Progress | Stages | None = None, examples: dict[str, np.ndarray] | None = None) -> Spec:
     """Write spec, graphs, null conditioning, golden vectors and manifest into ``root``; returns the spec.
 
     ``source`` says where the model came from (the checkpoint's name/sha256/path, or the Python API
     with the weights' sha256); ``examples`` are conditioning rows for the golden trajectories.
+    ``progress`` is a callback or a ``Stages`` (whose ``timings`` then hold each stage's seconds).
     """
+    stages = progress if isinstance(progress, Stages) else Stages(progress)
+    with machine_threads():
+        return _build(model, root, opts, source, stages, examples)
+
+
+def _build(model: DualRateModel, root: Path, opts: ExportOptions, source: dict, stages: Stages,
+           examples: dict[str, np.ndarray] | None) -> Spec:
     model.eval()
     if opts.static_batch is not None and opts.static_batch < 1:
         raise BadInputError(f"--static-batch {opts.static_batch}: expected a positive batch size")
-    if opts.sampler.refresh == "calibrated":
-        progress("calibrating the refresh steps on the PyTorch model")
-    spec = spec_for_model(model, opts.sampler, {"source_sha256": source.get("sha256"), "source": source.get("name")})
+    label = ("calibrating the refresh steps on the PyTorch model" if opts.sampler.refresh == "calibrated"
+             else "spec: graph signatures and sampler tables")
+    with stages("spec", label):
+        spec = spec_for_model(model, opts.sampler, {"source_sha256": source.get("sha256"),
+                                                    "source": source.get("name")})
     batch = opts.static_batch or opts.golden_batch
     rows = graph_rows(spec, batch)
     if opts.static_batch is not None:
@@ -81,20 +91,62 @@ def build_bundle(model: DualRateModel, root: Path, opts: ExportOptions, source: 
             np.save(root / c.null_file, np.ascontiguousarray(nulls[c.name]), allow_pickle=False)
     runner = TorchReferenceRunner(model, spec)
 
-    progress("capturing reference trajectories")
-    vectors = capture(runner, spec, opts.golden_seeds, batch, nulls, examples=examples)
+    with stages("reference", "reference trajectories on PyTorch",
+                total=(len(opts.golden_seeds) + 1) * spec.sampler.num_steps) as step:
+        vectors = capture(runner, spec, opts.golden_seeds, batch, nulls, examples=examples, on_step=lambda _: step())
+    # the model's own fp32 error (float32 vs float64 on the recorded inputs): the default fp32 gates
+    with stages("fp32_floor", "measuring the reference's own fp32 error (float64 pass)"):
+        vectors[FLOOR_NAME] = measure_floor(model, spec, vectors, nulls)
     bound = dict(runner.bound)
     external = {}
-    for name, gio in spec.model.graphs().items():
-        call0 = vectors[f"{name}_io"]
-        example = [torch.from_numpy(np.ascontiguousarray(call0[f"call0.{inp}"])) for inp, _ in bound[name].inputs]
-        progress(f"exporting {name} to ONNX (opset {opts.opset})")
-        path = root / f"{name}.onnx"
-        external[name] = export_graph(bound[name], example, gio, path, dynamic_batch=opts.static_batch is None,
-                                      opset=opts.opset, external_data=opts.external_data)
-        progress(f"checking {name}: onnx.checker, shape inference, signature")
-        check_graph(path, gio, dynamic_batch=opts.static_batch is None, batch=rows if name != "decoder" else batch)
-    write_golden(root / "golden", vectors)
+    # Compressing the golden vectors (zlib, outside the GIL) overlaps the tracing, which is
+    # single-threaded Python: measured, it hides the whole write on two cores.
+    golden = Background(write_golden, root / "golden", vectors)
+    try:
+        for name, gio in spec.model.graphs().items():
+            call0 = vectors[f"{name}_io"]
+            example = [torch.from_numpy(np.ascontiguousarray(call0[f"call0.{inp}"])) for inp, _ in bound[name].inputs]
+            path = root / f"{name}.onnx"
+            with stages(f"export_{name}", f"exporting {name} to ONNX (opset {opts.opset})"):
+                external[name] = export_graph(bound[name], example, gio, path,
+                                              dynamic_batch=opts.static_batch is None,
+                                              opset=opts.opset, external_data=opts.external_data)
+            with stages(f"check_{name}", f"checking {name}: onnx.checker, shape inference, signature"):
+                check_graph(path, gio, dynamic_batch=opts.static_batch is None,
+                            batch=rows if name != "decoder" else batch)
+    except BaseException:
+        golden.thread.join()             # never leave it writing into a directory that is being removed
+        raise
+    with stages("write", "writing golden vectors (what is left) and the manifest"):
+        golden.join()                    # re-raises the writer's error
+        _write_manifest(root, source, opts, external, spec, rows)
+    return spec
+
+
+class Background:
+    """``fn(*args)`` on a thread; ``join()`` waits and re-raises what it raised."""
+
+    def __init__(self, fn, *args):
+        import threading
+
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                fn(*args)
+            except BaseException as exc:       # handed to join()
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, name="dualrate-golden-writer", daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _write_manifest(root: Path, source: dict, opts: ExportOptions, external: dict, spec: Spec, rows: int) -> None:
     write_manifest(root, {
         "versions": versions(),
         # the path lets targets that convert from the modules (Core ML) find the checkpoint again;
@@ -105,7 +157,6 @@ def build_bundle(model: DualRateModel, root: Path, opts: ExportOptions, source: 
         "external_data": external,
         "graph_rows": {"golden": graph_rows(spec, opts.golden_batch), "static": rows if opts.static_batch else None},
     })
-    return spec
 
 
 def _static_spec(spec: Spec, rows: int, batch: int) -> Spec:

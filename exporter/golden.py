@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -73,18 +73,20 @@ def example_conditioning(spec: Spec, seed: int, batch: int, nulls: dict[str, np.
 
 def capture(runner: Any, spec: Spec, seeds: tuple[int, ...], batch: int,
             nulls: dict[str, np.ndarray] | None = None, conditioning: dict[int, dict[str, np.ndarray]] | None = None,
-            examples: dict[str, np.ndarray] | None = None, max_graph_calls: int = 8
-            ) -> dict[str, dict[str, np.ndarray]]:
+            examples: dict[str, np.ndarray] | None = None, max_graph_calls: int = 8,
+            on_step: Callable[[int], None] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Reference vectors: a trajectory per seed (the first with every graph call's output for
     teacher forcing), the single-rate (refresh every step) trajectory of the first seed, and
     graph I/O sampled from the first seed's calls. ``conditioning`` (by seed) replays recorded
-    conditioning; otherwise ``example_conditioning`` makes it."""
+    conditioning; otherwise ``example_conditioning`` makes it. ``on_step`` is called after every
+    sampler step of every trajectory (``(len(seeds) + 1) * num_steps`` calls: progress).
+    (The reduced-precision gate calibration is not made here: ``precision_calibration``.)"""
     out: dict[str, dict[str, np.ndarray]] = {}
     conds = {seed: (conditioning or {}).get(seed) or example_conditioning(spec, seed, batch, nulls, examples)
              for seed in seeds}
     for k, seed in enumerate(seeds):
-        rec = RecordingRunner(runner)
-        traj = _trajectory(rec, spec, seed, batch, conds[seed], nulls)
+        rec = RecordingRunner(runner) if k == 0 else runner      # only the first seed's calls are kept
+        traj = _trajectory(rec, spec, seed, batch, conds[seed], nulls, on_step)
         if k == 0:
             traj.update(_teacher(spec, rec))
             for graph, calls in rec.calls.items():
@@ -94,51 +96,16 @@ def capture(runner: Any, spec: Spec, seeds: tuple[int, ...], batch: int,
                 out[f"{graph}_io"] = {f"call{i}.{key}": val for i, c in enumerate(calls[j] for j in picks)
                                       for key, val in c.items()}
         out[f"trajectory_seed{seed}"] = traj
-    out[f"every_step_seed{seeds[0]}"] = _trajectory(runner, every_step(spec), seeds[0], batch, conds[seeds[0]], nulls)
-    out["calibration"] = calibration(runner, out)
-    return out
-
-
-LOW_PRECISIONS = ("bf16", "fp16")
-
-
-def calibration(runner: Any, vectors: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The reference's own spread at reduced precision: PyTorch autocast vs float32 on the recorded
-    graph inputs, per output, worst call: ``[rel_l2, 1 - cosine]`` under ``<precision>/<graph>/<output>``.
-
-    Low-precision gates are calibrated against this spread: a step where the reference itself
-    moves 7% in bf16 cannot be held to a 3% per-call gate.
-    """
-    import torch
-
-    out: dict[str, np.ndarray] = {}
-    for pname in LOW_PRECISIONS:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[pname]
-        for graph, bound in runner.bound.items():
-            if f"{graph}_io" not in vectors:
-                continue
-            names = [o.name for o in runner.graphs[graph].outputs]
-            worst: dict[str, list[float]] = {}
-            for inputs, outputs in graph_calls(vectors[f"{graph}_io"]):
-                flat = [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name, _ in bound.inputs]
-                with torch.inference_mode(), torch.autocast("cpu", dtype=dtype):
-                    got = dict(zip(names, bound(*flat)))
-                for name, ref in outputs.items():
-                    a = got[name].float().numpy().astype(np.float64).ravel()
-                    r = ref.astype(np.float64).ravel()
-                    rel = float(np.linalg.norm(a - r) / max(np.linalg.norm(r), 1e-30))
-                    cos = float(a @ r / max(np.linalg.norm(a) * np.linalg.norm(r), 1e-30))
-                    w = worst.setdefault(name, [0.0, 0.0])
-                    w[0], w[1] = max(w[0], rel), max(w[1], 1.0 - cos)
-            for name, (rel, one_minus_cos) in worst.items():
-                out[f"{pname}/{graph}/{name}"] = np.array([rel, one_minus_cos], np.float64)
+    out[f"every_step_seed{seeds[0]}"] = _trajectory(runner, every_step(spec), seeds[0], batch, conds[seeds[0]], nulls,
+                                                    on_step)
     return out
 
 
 def _trajectory(runner: Any, spec: Spec, seed: int, batch: int, cond: dict[str, np.ndarray],
-                nulls: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+                nulls: dict[str, np.ndarray] | None, on_step: Callable[[int], None] | None = None
+                ) -> dict[str, np.ndarray]:
     noise = spec_noise(spec, batch, seed)
-    res = sample(runner, spec, cond, noise, nulls=nulls, record=True)
+    res = sample(runner, spec, cond, noise, nulls=nulls, record=True, on_step=on_step)
     shape = tuple(spec.model.sample_shape)
     out = {"seed": np.array(seed, np.uint64), **{f"cond.{k}": v for k, v in cond.items()},
            "noise": np.stack([noise.draw(i, shape) for i in range(spec.sampler.num_steps + 1)]),  # [N+1, B, C, H, W]

@@ -14,19 +14,26 @@ So, for every graph of the bundle (``<graph>.onnx`` at its root), once its hash 
   exporter emits (the ONNX standard domain, ``''`` / ``ai.onnx``) or calls a function the model
   defines, whose body follows the same rule; every ``opset_import`` names such a domain; any
   other domain is refused by name;
-* **tensor sizes**: every tensor in the file (initializers, Constant values, tensor attributes)
-  has a known dtype, non-negative dims, and exactly the bytes (or typed values) its shape and
-  dtype imply; sparse tensors, string tensors and training sections are refused (the exporter
-  writes none);
+* **sizes**: every tensor in the file (initializers, Constant values, tensor attributes) has a
+  known dtype, non-negative dims, and exactly the bytes (or typed values) its shape and dtype
+  imply; sparse tensors, string tensors, segments and training sections are refused (the
+  exporter writes none); a Split has as many outputs as its ``num_outputs`` (a mismatch aborts
+  ONNX's shape inference, ONNX Runtime's included: a crash no error handling can catch);
 * **signature**: the graph's inputs and outputs are the spec's ``GraphIO`` bindings, in order:
   names, dtypes, ranks, fixed dims, and a symbolic batch axis where the spec has ``batch``.
 
 Every failure is a ``BundleError`` (exit 2) on one line naming the file, the tensor or node, and
-what was expected. The protobuf is parsed exactly as ``onnx.load(path, load_external_data=False)``
-parses it (``ModelProto.ParseFromString`` of the file's bytes): nothing here lets onnx, or anything
-else, resolve an external path. ``scan_graph`` works on the bytes ``open_bundle`` already mapped
-to hash the file, so a graph is read from disk once; the cross-checks that need the manifest, the
-other files and the spec run in ``check_scans`` after every hash matched.
+what was expected.
+
+The protobuf is parsed as ``onnx.load(path, load_external_data=False)`` parses it
+(``onnx.ModelProto.ParseFromString``): nothing here lets onnx, or anything else, resolve an
+external path. ``scan_graph`` works on the memory map ``open_bundle`` already hashed, so a graph
+is read from disk once, and it parses a *skeleton* of it: the raw_data of the main graph's
+initializers (nearly all of a graph's bytes) is emptied on the wire and its sizes kept, so no
+tensor is copied (parsing a graph of hundreds of MB would cost as much again as hashing it); the
+skeleton parses to the same model otherwise (``tests/test_graph_fuzz.py`` checks this on fuzzed
+files). The cross-checks that need the manifest, the other files and the spec run in
+``check_scans`` once every hash matched.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -112,24 +120,33 @@ def scan_graph(root: Path, rel: str, data: Any) -> GraphScan:
 
     where = f"bundle {root}: {rel}"
     model = onnx.ModelProto()
-    try:
-        model.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError, TypeError) as exc:
-        why = str(exc).splitlines()[0] if str(exc).strip() else "the protobuf does not parse"
-        raise BundleError(f"{where} is not a readable ONNX model ({why}); the file is truncated or corrupt. "
-                          "Re-export the bundle") from None
     scan = GraphScan(rel)
+    # the error is raised after the except blocks: an exception's traceback would keep views of the
+    # caller's memory map alive, and the map could not be closed
+    failure = None
     try:
-        _scan_model(model, scan)
+        skeleton, lengths = _skeleton(memoryview(data))
+        model.ParseFromString(skeleton)
     except _Fail as exc:
-        raise BundleError(f"{where}: {exc}") from None
-    except UnicodeDecodeError:
-        raise BundleError(f"{where}: holds a name that is not valid UTF-8; the file is corrupt. "
-                          "Re-export the bundle") from None
+        failure = f"{where} is not a readable ONNX model: it {exc}. Re-export the bundle"
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        why = str(exc).splitlines()[0] if str(exc).strip() else "the protobuf does not parse"
+        failure = (f"{where} is not a readable ONNX model ({why}); the file is truncated or corrupt. "
+                   "Re-export the bundle")
+    if failure is None:
+        del skeleton
+        try:
+            _scan_model(model, scan, lengths)
+        except _Fail as exc:
+            failure = f"{where}: {exc}"
+        except UnicodeDecodeError:
+            failure = f"{where}: holds a name that is not valid UTF-8; the file is corrupt. Re-export the bundle"
+    if failure is not None:
+        raise BundleError(failure)
     return scan
 
 
-def _scan_model(model: Any, scan: GraphScan) -> None:
+def _scan_model(model: Any, scan: GraphScan, lengths: list[int | None]) -> None:
     if not model.HasField("graph"):
         raise _Fail("holds no graph; expected an ONNX model with a graph")
     if len(model.training_info):
@@ -138,8 +155,10 @@ def _scan_model(model: Any, scan: GraphScan) -> None:
     local_domains = {d for d, _, _ in functions}
     scan.inputs = [_sig(v) for v in model.graph.input]
     scan.outputs = [_sig(v) for v in model.graph.output]
-    # nodes first: a refused domain is reported with the node that uses it
-    _graph_tensors(model.graph, "", scan)
+    if len(lengths) != len(model.graph.initializer):        # the skeleton is built to match: a bug if not
+        raise _Fail("its initializers cannot be read consistently; the file is corrupt")
+    _graph_tensors(model.graph, "", scan, lengths)
+    # nodes before opset_import: a refused domain is reported with the node that uses it
     _scan_nodes(model.graph.node, "", functions, scan)
     for f in model.functions:
         _scan_nodes(f.node, f"function {_q(f.name)}", functions, scan)
@@ -149,10 +168,11 @@ def _scan_model(model: Any, scan: GraphScan) -> None:
         _check_import(op.domain, local_domains, "opset_import")
 
 
-def _graph_tensors(graph: Any, where: str, scan: GraphScan) -> None:
+def _graph_tensors(graph: Any, where: str, scan: GraphScan, raw_lengths: list[int | None] | None = None) -> None:
     prefix = f"{where} " if where else ""
-    for t in graph.initializer:
-        _tensor(t, lambda t=t: f"{prefix}initializer {_q(t.name)}", scan)
+    for i, t in enumerate(graph.initializer):
+        _tensor(t, lambda t=t: f"{prefix}initializer {_q(t.name)}", scan,
+                raw_lengths[i] if raw_lengths is not None else -1)
     if len(graph.sparse_initializer):
         raise _Fail(f"{prefix}sparse initializer {_q(graph.sparse_initializer[0].values.name)}: bundles hold "
                     "dense tensors only")
@@ -175,6 +195,8 @@ def _scan_nodes(nodes: Any, where: str, functions: set, scan: GraphScan) -> None
                 raise _Fail(f"{label()} is in the domain {_q(node.domain)}; bundles exported by dualrate use only "
                             "the ONNX standard domain ('' / ai.onnx), and the model defines no such function. "
                             "Refused: a custom domain runs code the runtime loads from elsewhere")
+            if node.op_type == "Split" and node.domain in ALLOWED_DOMAINS:
+                _check_split(node, label)
             for a in node.attribute:
                 if a.HasField("t"):
                     _tensor(a.t, lambda a=a, label=label: f"{label()} attribute {_q(a.name)}", scan)
@@ -187,6 +209,15 @@ def _scan_nodes(nodes: Any, where: str, functions: set, scan: GraphScan) -> None
                     sub_where = f"{label()} attribute {_q(a.name)} subgraph"
                     _graph_tensors(sub, sub_where, scan)
                     stack.append((sub.node, sub_where))
+
+
+def _check_split(node: Any, label: Callable[[], str]) -> None:
+    """Split's ``num_outputs`` equals its outputs: ONNX's shape inference (ONNX Runtime's too, 1.32)
+    indexes past a vector when it is smaller and aborts the process; no error can be caught."""
+    for a in node.attribute:
+        if a.name == "num_outputs" and a.i != len(node.output):
+            raise _Fail(f"{label()} declares num_outputs {a.i} and has {len(node.output)} outputs; expected the "
+                        "same number (a mismatch crashes ONNX's shape inference)")
 
 
 def _check_import(domain: str, local: set[str], where: str) -> None:
@@ -206,8 +237,11 @@ def _sig(v: Any) -> ValueSig:
     return ValueSig(v.name, tt.elem_type, dims)
 
 
-def _tensor(t: Any, label: Callable[[], str], scan: GraphScan) -> None:
-    """A tensor's dtype, dims and bytes; an external one is recorded for ``check_scans``."""
+def _tensor(t: Any, label: Callable[[], str], scan: GraphScan, raw_length: int | None = -1) -> None:
+    """A tensor's dtype, dims and bytes; an external one is recorded for ``check_scans``.
+
+    ``raw_length``: the size of its raw_data read off the wire (None: no raw_data), or -1 to
+    take it from the parsed message (which copies the bytes out: fine for small tensors)."""
     if t.data_type not in _BITS:
         name = {8: "STRING"}.get(t.data_type, f"data_type {t.data_type}")
         raise _Fail(f"{label()} has {name}; expected a numeric tensor type")
@@ -229,7 +263,9 @@ def _tensor(t: Any, label: Callable[[], str], scan: GraphScan) -> None:
     if t.HasField("raw_data"):
         if any(len(getattr(t, f)) for f in _TYPED_FIELDS):
             raise _Fail(f"{label()} holds raw_data and typed values; expected one of them")
-        got = _raw_len(t)
+        got = len(t.raw_data) if raw_length == -1 else raw_length
+        if got is None:
+            raise _Fail(f"{label()} cannot be read consistently; the file is corrupt")
         if got != nbytes:
             raise _Fail(f"{label()} holds {got} bytes; its shape and dtype ({_shape(t)}) need {nbytes}")
         return
@@ -244,21 +280,83 @@ def _tensor(t: Any, label: Callable[[], str], scan: GraphScan) -> None:
         raise _Fail(f"{label()} holds {got} values; its shape and dtype ({_shape(t)}) need {want}")
 
 
-def _raw_len(t: Any) -> int:
-    """len(t.raw_data) without copying it out of the protobuf (reading the field copies every byte):
-    the encoded size drops by tag + varint(len) + len when the field is cleared. Clears the field,
-    which the scan no longer needs."""
-    before = t.ByteSize()
-    t.ClearField("raw_data")
-    diff = before - t.ByteSize() - 1           # field 9, wire type 2: a one-byte tag
-    for k in range(1, 11):
-        if _varint_size(diff - k) == k:
-            return diff - k
-    raise _Fail("raw_data size cannot be determined")    # unreachable for a parsed message
+def _skeleton(buf: memoryview) -> tuple[bytes, list[int | None]]:
+    """The model's protobuf with every main-graph initializer's raw_data emptied, and the sizes they
+    had: the structure is parsed from the skeleton, so no tensor's bytes are copied (parsing them
+    costs as much as hashing them: seconds for a graph of hundreds of MB).
+
+    It mirrors what the parser does with the original: every ``graph`` field of the model merges
+    into one graph (initializers appended in order); an initializer is one length-delimited field;
+    the last ``raw_data`` field of a tensor wins. An emptied raw_data stays present (``HasField``).
+    Everything else is copied byte for byte, so the skeleton parses as the original would.
+    """
+    out = bytearray()
+    lengths: list[int | None] = []
+    for field_no, wire, tag_at, start, end in _wire_fields(buf, 0, len(buf)):
+        if not (field_no == 7 and wire == 2):                # not ModelProto.graph: as it is
+            out += buf[tag_at:end]
+            continue
+        graph = bytearray()
+        for g_no, g_wire, g_tag_at, g_start, g_end in _wire_fields(buf, start, end):
+            if not (g_no == 5 and g_wire == 2):              # not GraphProto.initializer
+                graph += buf[g_tag_at:g_end]
+                continue
+            tensor = bytearray()
+            raw = None
+            for t_no, t_wire, t_tag_at, t_start, t_end in _wire_fields(buf, g_start, g_end):
+                if t_no == 9 and t_wire == 2:                # TensorProto.raw_data
+                    raw = t_end - t_start
+                    tensor += b"\x4a\x00"                     # field 9, length 0
+                else:
+                    tensor += buf[t_tag_at:t_end]
+            lengths.append(raw)
+            graph += b"\x2a" + _encode_varint(len(tensor)) + tensor     # field 5
+        out += b"\x3a" + _encode_varint(len(graph)) + graph             # field 7
+    return bytes(out), lengths
 
 
-def _varint_size(n: int) -> int:
-    return max(1, (max(n, 0).bit_length() + 6) // 7)
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _wire_fields(buf: memoryview, pos: int, end: int):
+    """(field number, wire type, tag offset, start, end) of each field in ``buf[pos:end]``; start/end
+    bound a length-delimited field's payload. Groups (wire types 3 and 4) do not occur in ONNX files."""
+    while pos < end:
+        tag_at = pos
+        tag, pos = _varint(buf, pos, end)
+        wire = tag & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos, end)
+            start = pos
+        elif wire == 2:
+            length, pos = _varint(buf, pos, end)
+            start, pos = pos, pos + length
+        elif wire in (1, 5):
+            start, pos = pos, pos + (8 if wire == 1 else 4)
+        else:
+            raise _Fail(f"uses protobuf wire type {wire}, which ONNX files do not; the file is corrupt")
+        if pos > end:
+            raise _Fail("has a protobuf field running past its end; the file is truncated or corrupt")
+        yield tag >> 3, wire, tag_at, start, pos
+
+
+def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _Fail("has a malformed protobuf varint; the file is truncated or corrupt")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
 
 
 def _shape(t: Any) -> str:
@@ -278,6 +376,8 @@ def _dtype_name(data_type: int) -> str:
 def _external(t: Any, label: str, nbytes: int) -> ExternalRef:
     entries: dict[str, str] = {}
     for e in t.external_data:
+        if not isinstance(e.key, str) or not isinstance(e.value, str):    # the parser gives bytes for bad UTF-8
+            raise _Fail(f"{label} has an external_data entry {_q(e.key)}: {_q(e.value)} that is not valid UTF-8")
         if e.key not in EXTERNAL_KEYS:
             raise _Fail(f"{label} has the external_data key {_q(e.key)}; ONNX defines only "
                         f"{', '.join(sorted(EXTERNAL_KEYS))}")
@@ -305,43 +405,50 @@ def _external(t: Any, label: str, nbytes: int) -> ExternalRef:
 def check_scans(root: Path, spec: Spec, listed: Mapping[str, str], scans: Mapping[str, GraphScan]) -> None:
     """External data against the bundle's files, and each spec graph's I/O against its ``GraphIO``."""
     real_root = os.path.realpath(root)
+    resolved: dict[str, tuple[str, int] | str] = {}       # location -> (file, size), or why it is refused
     for rel, scan in scans.items():
         for ref in scan.external:
-            _check_location(root, real_root, rel, ref, listed)
+            if ref.location not in resolved:
+                resolved[ref.location] = _resolve(root, real_root, ref.location, listed)
+            found = resolved[ref.location]
+            if isinstance(found, str):
+                raise BundleError(f"bundle {root}: {rel}: {ref.tensor} stores its data at {_q(ref.location)}, "
+                                  f"{found}; external data must be a file of this bundle listed in manifest.json "
+                                  f"(such as {rel}.data), named by a relative path. Refused: nothing reads outside "
+                                  "the bundle")
+            norm, size = found
+            end = ref.offset + (ref.length if ref.length is not None else ref.nbytes)
+            if end > size:
+                raise BundleError(f"bundle {root}: {rel}: {ref.tensor} reads bytes {ref.offset}..{end} of {norm}, "
+                                  f"which has {size}; expected offset + length inside the file. The bundle is "
+                                  "truncated or was edited: re-export it")
     for graph, gio in spec.model.graphs().items():
         scan = scans.get(f"{graph}.onnx")
         if scan is not None:
             check_signature(f"bundle {root}: {graph}.onnx", scan, gio)
 
 
-def _check_location(root: Path, real_root: str, rel: str, ref: ExternalRef, listed: Mapping[str, str]) -> None:
-    loc = ref.location
-    where = f"bundle {root}: {rel}: {ref.tensor} stores its data at {_q(loc)}"
-    expect = (f"; external data must be a file of this bundle listed in manifest.json (such as "
-              f"{rel}.data), named by a relative path. Refused: nothing reads outside the bundle")
+def _resolve(root: Path, real_root: str, loc: str, listed: Mapping[str, str]) -> tuple[str, int] | str:
+    """(the manifest path, its size) of an external-data location, or why it is refused."""
     parts = loc.split("/")
     if not loc or "\\" in loc or "\x00" in loc or ":" in loc or loc.startswith("/") or loc.startswith("~"):
-        raise BundleError(f"{where}, which is not a relative path inside the bundle" + expect)
+        return "which is not a relative path inside the bundle"
     if ".." in parts:
-        raise BundleError(f"{where}, which leads out of the bundle ('..')" + expect)
+        return "which leads out of the bundle ('..')"
     norm = "/".join(p for p in parts if p not in ("", "."))
     if norm not in listed:
-        raise BundleError(f"{where}, which is not a file listed in the bundle's manifest" + expect)
+        return "which is not a file listed in the bundle's manifest"
     path = os.path.join(root, *norm.split("/"))
     real = os.path.realpath(path)
     if real != os.path.join(real_root, *norm.split("/")) or os.path.islink(path):
-        raise BundleError(f"{where}, which passes through a symbolic link (to {_q(real)})" + expect)
+        return f"which passes through a symbolic link (to {_q(real)})"
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise BundleError(f"{where}, which cannot be read ({exc})" + expect) from None
-    if not os.path.isfile(path):
-        raise BundleError(f"{where}, which is not a regular file" + expect)
-    end = ref.offset + (ref.length if ref.length is not None else ref.nbytes)
-    if end > st.st_size:
-        raise BundleError(f"bundle {root}: {rel}: {ref.tensor} reads bytes {ref.offset}..{end} of {norm}, which "
-                          f"has {st.st_size}; expected offset + length inside the file. The bundle is truncated "
-                          "or was edited: re-export it")
+        return f"which cannot be read ({exc})"
+    if not stat.S_ISREG(st.st_mode):
+        return "which is not a regular file"
+    return norm, st.st_size
 
 
 def check_signature(where: str, scan: GraphScan, gio: GraphIO) -> None:

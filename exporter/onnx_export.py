@@ -75,23 +75,25 @@ def export_graph(module: nn.Module, example: Sequence[torch.Tensor], io_spec: Gr
     for stale in (path, data_file):      # never append into an existing external data file
         with contextlib.suppress(FileNotFoundError):
             os.unlink(stale)
+    _strip_node_metadata(program.model)
     program.save(str(path), external_data=use_external)
-    _strip_node_metadata(path)
     return use_external
 
 
-def _strip_node_metadata(path: Path) -> None:
+def _strip_node_metadata(model: Any) -> None:
     """Drop the exporter's per-node debug metadata (Python stack traces with absolute
     paths and line numbers, FX node text): it made the same model export to
-    different bytes from different checkouts, and it leaks local paths."""
-    import onnx
+    different bytes from different checkouts, and it leaks local paths. Done on the
+    exporter's in-memory model before the one save (the same bytes as loading the
+    saved file, clearing each node's ``metadata_props`` and saving it again)."""
+    try:
+        import onnx_ir as ir
+    except ImportError:                  # onnxscript before onnx_ir was split out of it
+        from onnxscript import ir
 
-    model = onnx.load(str(path), load_external_data=False)
-    graphs = [model.graph] + [f for f in model.functions]
-    for g in graphs:
-        for node in g.node:
-            del node.metadata_props[:]
-    onnx.save(model, str(path))     # external tensors keep their references; the data file is untouched
+    for graph in (model.graph, *model.functions.values()):
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            node.metadata_props.clear()
 
 
 def check_graph(path: Path, io_spec: GraphIO, dynamic_batch: bool, batch: int) -> None:

@@ -6,8 +6,10 @@ exported graphs see exactly the same call of each module.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any, Mapping
+import os
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -54,3 +56,26 @@ class TorchReferenceRunner(BaseRunner):
                 t = t.float()
             return t.numpy()
         return np.asarray(value)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def machine_threads(threads: int = 0) -> Iterator[int]:
+    """Run PyTorch's intra-op pool on ``threads`` (0: every core this process may use) inside the
+    block, then restore what the caller had."""
+    want = threads or available_cores()
+    previous = torch.get_num_threads()
+    if want != previous:
+        torch.set_num_threads(want)
+    try:
+        yield want
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)

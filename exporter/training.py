@@ -23,7 +23,7 @@ import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -69,9 +69,18 @@ def _class_input(pair: DualRateModel) -> tuple[int, int]:
 
 
 def train_pair(pair: DualRateModel, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig,
-               log: Callable[[str], None] = print) -> tuple[DualRateModel, dict]:
+               log: Callable[[str], None] = print, progress: Any = None) -> tuple[DualRateModel, dict]:
     """Train a DR-UViT model (``encoder(z, logsnr, class_id)``, ``denoiser(z, logsnr, logsnr_ctx, class_id,
-    *features)``) in place; return the EMA model and a summary (steps, minutes, final loss)."""
+    *features)``) in place; return the EMA model and a summary (steps, minutes, final loss).
+    ``progress`` (``dualrate.exporter.progress``) is told every optimizer step."""
+    from .progress import Stages
+
+    with Stages(progress)("train", f"training {cfg.steps} steps", total=cfg.steps) as advance:
+        return _train(pair, images, labels, cfg, log, advance)
+
+
+def _train(pair: DualRateModel, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig,
+           log: Callable[[str], None], advance: Callable[[], None]) -> tuple[DualRateModel, dict]:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     _, null_class = _class_input(pair)
@@ -124,6 +133,7 @@ def train_pair(pair: DualRateModel, images: np.ndarray, labels: np.ndarray, cfg:
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema_params, params, 1 - decay)
         losses.append(loss.item())
+        advance()
         elapsed = time.monotonic() - start
         if step % 200 == 0 or step == cfg.steps:
             log(f"step {step:6d}  loss {np.mean(losses[-200:]):.4f}  {elapsed / 60:.1f} min")
@@ -138,7 +148,7 @@ def train_pair(pair: DualRateModel, images: np.ndarray, labels: np.ndarray, cfg:
 
 
 def train_checkpoint(size: str, out_dir, cfg: TrainConfig, force: bool = False,
-                     log: Callable[[str], None] = print):
+                     log: Callable[[str], None] = print, progress: Any = None):
     """Train a preset on the bundled digits data and save the EMA checkpoint."""
     from .checkpoint import make_config, save_checkpoint
     from .digits_data import load_digits_images
@@ -156,7 +166,7 @@ def train_checkpoint(size: str, out_dir, cfg: TrainConfig, force: bool = False,
     model = {"family": "dr-uvit", **model_cfg.to_dict()}
     pair = build_pair(model)
     images, labels = load_digits_images(model_cfg.image_size)
-    ema, summary = train_pair(pair, images, labels, cfg, log=log)
+    ema, summary = train_pair(pair, images, labels, cfg, log=log, progress=progress)
     summary["data"] = f"sklearn digits 8x8 upsampled to {model_cfg.image_size}x{model_cfg.image_size}"
     summary["torch"] = torch.__version__
     return save_checkpoint(ema, make_config(model, summary), out_dir, force=force), summary

@@ -20,7 +20,7 @@ import contextlib
 import importlib
 import json
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -36,10 +36,13 @@ BACKENDS = {"onnxruntime": "dualrate.targets.onnxrt", "openvino": "dualrate.targ
 
 @dataclass
 class Compiled:
-    """A verified compile cache entry."""
+    """A verified compile cache entry (``dualrate.compile`` adds the stage ``timings`` and what
+    happened to the reduced-precision gate ``calibration``)."""
 
     path: Path
     record: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
 
     @property
     def effective_precision(self) -> str:

@@ -526,7 +526,7 @@ class CoreMLTarget(Target):
             info = inspect_package(compiled.path / f"{graph}.mlpackage")
 
             def check(name: str, problems: list[str], ok_detail: str) -> None:
-                checks.append({"name": f"{graph}: {name}", "passed": not problems,
+                checks.append({"name": f"{graph}: {name}", "graph": graph, "passed": not problems,
                                "detail": "; ".join(problems) or ok_detail})
 
             check("ML program", [] if info["kind"] == "mlProgram" else [f"package holds a {info['kind']}"],

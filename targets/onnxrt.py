@@ -68,8 +68,11 @@ class OrtTarget(Target):
         return {"effective_precision": "fp32", "device": "cpu", "providers": ["CPUExecutionProvider"],
                 "options": {"saved_optimization_level": "extended", "run_optimization_level": "all"}}
 
-    def open_runner(self, bundle: Bundle, compiled: Compiled, threads: int = 0) -> "OrtRunner":
-        return OrtRunner(bundle.spec, {g: compiled.path / f"{g}.onnx" for g in bundle.graph_names()}, threads=threads)
+    def open_runner(self, bundle: Bundle, compiled: Compiled, threads: int = 0, spin: bool = True) -> "OrtRunner":
+        """``spin=False``: idle pool threads sleep instead of spinning (the export's parity check, which
+        is not timed: on a busy machine a spinning pool starves itself; same results either way)."""
+        return OrtRunner(bundle.spec, {g: compiled.path / f"{g}.onnx" for g in bundle.graph_names()}, threads=threads,
+                         spin=spin)
 
 
 class OrtRunner(BaseRunner):
@@ -77,12 +80,14 @@ class OrtRunner(BaseRunner):
 
     name = "onnxruntime"
 
-    def __init__(self, spec: Spec, graphs: dict[str, Path], threads: int = 0):
+    def __init__(self, spec: Spec, graphs: dict[str, Path], threads: int = 0, spin: bool = True):
         super().__init__(spec)
         ort = _ort()
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        if not spin:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         errors, machine = ort_errors()

@@ -8,7 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+# as the CLI does (dualrate.cli.quiet_openmp): OpenMP threads sleep at barriers instead of spinning,
+# which on a busy machine (tests run in parallel with other work) is several times faster
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 
 from dualrate.exporter.checkpoint import make_config, save_checkpoint
 from dualrate.exporter.model_config import preset

@@ -55,8 +55,13 @@ def test_compile_sample_validate_golden_and_doctor_run_without_torch(light, tmp_
     for target in ("onnxruntime", "openvino"):
         r = run(exe, "compile", bundle, "--target", target)
         assert r.returncode == 0, r.stderr
-        r = run(exe, "validate", bundle, "--target", target, "--reference", "golden", "--json", tmp_path / "v.json")
+        r = run(exe, "validate", bundle, "--target", target, "--reference", "golden", "--json", tmp_path / f"{target}.json",
+                "--report", tmp_path / f"report-{target}")
         assert r.returncode == 0 and r.stdout.strip().endswith("PASSED"), r.stdout + r.stderr
+        # the installed package carries its report templates (jinja2, matplotlib, Pillow are core dependencies)
+        assert "<svg" in (tmp_path / f"report-{target}" / "report.html").read_text()
+    r = run(exe, "report", "merge", tmp_path / "onnxruntime.json", tmp_path / "openvino.json", "-o", tmp_path / "m")
+    assert r.returncode == 0 and (tmp_path / "m" / "matrix.html").is_file(), r.stdout + r.stderr
     r = run(exe, "sample", bundle, "--class", "1,2", "-n", "2", "-o", tmp_path / "s.npy")
     assert r.returncode == 0, r.stderr
     r = run(exe, "doctor")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import copy
+import html
 import json
 import math
 import re
-import struct
 import xml.etree.ElementTree as ET
-import zlib
 
 import numpy as np
 import pytest
@@ -100,28 +99,20 @@ def make_arrays(b=4, c=1, h=8, w=8, seed=1):
     return {"reference_final": ref, "backend_final": ref + np.float32(1e-6)}
 
 
-# --------------------------------------------------------------------------- PNG reader (independent of png.py)
+# --------------------------------------------------------------------------- PNG reader
 
 def read_png(path):
-    """Validate signature, chunk CRCs and IDAT size; return the pixels ``[H, W, C]``."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, []
-    while pos < len(data):
-        (n,) = struct.unpack(">I", data[pos:pos + 4])
-        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
-        assert struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])[0] == zlib.crc32(tag + body) & 0xFFFFFFFF
-        chunks.append((tag, body))
-        pos += 12 + n
-    assert chunks[0][0] == b"IHDR" and chunks[-1][0] == b"IEND"
-    w, h, depth, color = struct.unpack(">IIBB", chunks[0][1][:10])
-    assert depth == 8
-    ch = {0: 1, 2: 3, 6: 4}[color]
-    raw = zlib.decompress(b"".join(body for tag, body in chunks if tag == b"IDAT"))
-    assert len(raw) == h * (1 + w * ch)
-    rows = np.frombuffer(raw, np.uint8).reshape(h, 1 + w * ch)
-    assert not rows[:, 0].any()                  # filter type 0, as png.encode_png writes
-    return rows[:, 1:].reshape(h, w, ch)
+    """Check the PNG signature and every chunk (Pillow's ``verify``: CRCs, structure); return the
+    pixels ``[H, W, C]``."""
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.mode in ("L", "RGB", "RGBA")
+        px = np.asarray(im)
+    return px[:, :, None] if px.ndim == 2 else px
 
 
 def _strict_loads(text):
@@ -257,16 +248,18 @@ def test_html_passed_has_verdict_images_and_drift_chart(tmp_path):
         assert px.shape[:2] == (134, 134) and (int(w), int(h)) == (134, 134)
     assert read_png(tmp_path / "rep" / "error_heatmap.png").shape[2] == 3
     assert read_png(tmp_path / "rep" / "samples_reference.png").shape[2] == 1
-    # drift: one point per step, a line per refresh step, the gate dashed, axes labelled
-    svg = page[page.index("<svg"):page.index("</svg>")]
-    points = re.search(r'<polyline class="drift"[^>]* points="([^"]+)"', svg).group(1).split()
+    # drift (matplotlib SVG): one point per step, a line per refresh step, the gate dashed, axes labelled
+    svg = page[page.index("<svg"):page.index("</svg>") + len("</svg>")]
+    points = _svg_points(svg, "drift")
     assert len(points) == STEPS
-    assert [int(s) for s in re.findall(r'<line class="refresh" data-step="(\d+)"', svg)] == REFRESH
-    assert re.search(r'<line class="gate"[^>]*stroke-dasharray', svg)
+    assert _svg_ids(svg, "refresh-") == [f"refresh-{s}" for s in REFRESH]
+    assert "stroke-dasharray" in ET.tostring(_svg_group(svg, "gate"), encoding="unicode")
     assert "sampling step" in svg and "rel-L2 of z vs reference (log scale)" in svg
-    xs = [float(p.split(",")[0]) for p in points]
-    ys = [float(p.split(",")[1]) for p in points]
+    xs = [x for x, _ in points]
+    ys = [y for _, y in points]
     assert xs == sorted(xs) and ys == sorted(ys, reverse=True)          # drift grows: the curve rises
+    # the whole batch, one row per sample with its own difference image (inline PNGs)
+    assert page.count('<tr class="sample">') == 4 and page.count('src="data:image/png;base64,') == 12
     # a table per layer; the structural layer is "not run", distinct from passed
     for layer in ("structural", "graph", "teacher_forced", "free_running", "refresh_audit", "cache_equivalence"):
         assert f'id="layer-{layer}"' in page
@@ -283,7 +276,8 @@ def test_html_failed_escapes_reasons_and_names_first_failure(tmp_path):
     page = write_html(doc, make_arrays(), tmp_path).read_text()
     assert 'class="verdict v-failed"' in page and ">FAILED<" in page
     assert "<script>" not in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; more" in page
+    assert re.search(r"&lt;script&gt;alert\((&quot;|&#34;)x(&quot;|&#34;)\)&lt;/script&gt; &amp; more", page)
+    assert XSS in html.unescape(page)
     assert page.count('<tr class="fail">') == 2
     assert "First failure: graph encoder/feat0: rel-L2" in page
 
@@ -335,19 +329,40 @@ def test_colormap_is_ordered_and_flags_non_finite():
     assert (np.diff(luma) > 0).all()
 
 
+def _svg_group(svg, gid):
+    return next(el for el in ET.fromstring(svg).iter() if el.get("id") == gid)
+
+
+def _svg_ids(svg, prefix):
+    return [el.get("id") for el in ET.fromstring(svg).iter() if (el.get("id") or "").startswith(prefix)]
+
+
+def _svg_points(svg, gid):
+    """The marker positions (one ``<use>`` per data point) of the matplotlib line ``gid``."""
+    return [(float(u.get("x")), float(u.get("y"))) for u in _svg_group(svg, gid).iter() if u.tag.endswith("}use")]
+
+
+def _svg_path(el):
+    """The (x, y) vertices of the first path in ``el``."""
+    d = next(p for p in el.iter() if p.tag.endswith("}path")).get("d").replace("M", " ").replace("L", " ").split()
+    return [(float(d[i]), float(d[i + 1])) for i in range(0, len(d), 2)]
+
+
 def test_drift_svg_keeps_a_point_per_step_for_exact_and_non_finite_values():
     svg = drift_svg({"steps": [0, 1, 2, 3], "rel_l2": [0.0, 1e-6, None, float("nan")], "refresh_steps": [0, 2, 9]},
                     gate_rel_l2=1e-4, gate_name="fp32")
-    points = re.search(r'points="([^"]+)"', svg).group(1).split()
-    assert len(points) == 4
-    frame = re.search(r'<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"', svg)
-    x, y, w, h = (float(v) for v in frame.groups())
-    xy = [tuple(map(float, p.split(","))) for p in points]
-    assert all(x <= px <= x + w and y <= py <= y + h for px, py in xy)     # everything inside the plot frame
-    assert xy[0][1] == y + h and xy[2][1] == xy[3][1] == y                 # exact match at the bottom, non-finite at the top
-    assert svg.count('<line class="refresh"') == 2            # step 9 is outside the curve
-    assert svg.count("non-finite</title>") == 2 and "0 (exact match)" in svg
-    ET.fromstring(svg)                                          # well-formed XML
+    assert svg.startswith("<svg")                              # inline: no XML declaration
+    xy = _svg_points(svg, "drift")
+    assert len(xy) == 4
+    # the plot frame: a refresh line spans it vertically, the gate line horizontally
+    (_, bottom), (_, top) = _svg_path(_svg_group(svg, "refresh-0"))
+    (left, _), (right, _) = _svg_path(_svg_group(svg, "gate"))
+    assert all(left <= px <= right and top <= py <= bottom for px, py in xy)   # everything inside the plot frame
+    assert xy[0][1] == bottom and xy[2][1] == xy[3][1] == top              # exact match at the bottom, non-finite at the top
+    assert _svg_ids(svg, "refresh-") == ["refresh-0", "refresh-2"]          # step 9 is outside the curve
+    assert len(_svg_points(svg, "non-finite")) == 2                       # red marks on the two non-finite steps
+    assert drift_svg({"steps": [0, 1, 2, 3], "rel_l2": [0.0, 1e-6, None, float("nan")], "refresh_steps": [0, 2, 9]},
+                     gate_rel_l2=1e-4, gate_name="fp32") == svg             # deterministic bytes
 
 
 # --------------------------------------------------------------------------- console
@@ -425,7 +440,7 @@ def test_html_shows_the_decoded_output_grid_after_the_samples(tmp_path):
     # the decoder's data range [0, 1] (from the document), not the samples' [-1, 1]: 0.5 is mid-grey
     assert ref[2, 2].tolist() == [128, 128, 128]
     decoded = page[page.index("<h2>Decoded output</h2>"):]
-    assert "the decoder&#x27;s output on the final samples; 4 decoded outputs; data range 0 \u2026 1" in decoded
+    assert "the decoder's output on the final samples; 4 decoded outputs; data range 0 \u2026 1" in html.unescape(decoded)
     assert "max |difference| = 0.125 (worst channel per pixel)" in decoded
     # the one differing pixel: tile 3 (second row, second column), pixel (15, 15), upscaled x4
     y0, x0 = 2 + 66 + 15 * 4, 2 + 66 + 15 * 4

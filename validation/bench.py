@@ -51,7 +51,7 @@ from dualrate.exporter.spec_builder import every_step
 
 MATMUL_N = 4096                     # large enough to run at the machine's sgemm peak (2048: ~8% below)
 COUNTED_WITH = "torch.utils.flop_counter.FlopCounterMode (matmul + convolution)"
-Progress = Callable[[str], None]
+Progress = Callable[[str], None]     # receives ``dualrate.exporter.progress.Event``s (str subclasses)
 
 
 @dataclass
@@ -344,25 +344,34 @@ def bench_model(bundle: Bundle, opts: BenchOptions) -> tuple[Any, str | None]:
     return load_source_checkpoint(bundle, opts.checkpoint, PURPOSE).pair, None
 
 
-def bench(bundle_path: str | Path, opts: BenchOptions, progress: Progress = lambda _: None) -> dict[str, Any]:
-    """Measure ``opts.target`` on the bundle; returns the results document (see module docstring)."""
+def bench(bundle_path: str | Path, opts: BenchOptions, progress: Progress | None = None) -> dict[str, Any]:
+    """Measure ``opts.target`` on the bundle; returns the results document (see module docstring),
+    with ``timings`` (stage -> seconds of this run)."""
     import torch
 
+    from dualrate.exporter.progress import Stages
+
+    stages = Stages(progress)
     check_options(opts)
-    bundle = open_bundle(bundle_path)
-    target, compiled, backend_runner = open_backend(bundle, opts)
-    model, no_model = bench_model(bundle, opts)
+    with stages("open", "verifying the bundle (hashes, graph checks)"):
+        bundle = open_bundle(bundle_path)
+    with stages("compile", f"compiling for {opts.target} {opts.precision} (or reusing the cache)"):
+        target, compiled, backend_runner = open_backend(bundle, opts)
+    with stages("model", "loading the PyTorch model"):
+        model, no_model = bench_model(bundle, opts)
     threads = opts.threads or os.cpu_count() or 1
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)          # the eager reference gets the cores the backend gets
     try:
-        return _measure(bundle, opts, target, compiled, backend_runner, model, no_model, threads, progress)
+        doc = _measure(bundle, opts, target, compiled, backend_runner, model, no_model, threads, stages)
     finally:
         torch.set_num_threads(previous)
+    doc["timings"] = dict(stages.timings)
+    return doc
 
 
 def _measure(bundle: Bundle, opts: BenchOptions, target: Any, compiled: Any, backend_runner: Any, model: Any,
-             no_model: str | None, threads: int, progress: Progress) -> dict[str, Any]:
+             no_model: str | None, threads: int, stages: Any) -> dict[str, Any]:
     """Warm up, then the interleaved repeats; see ``bench``."""
     from dualrate.exporter.torch_runner import TorchReferenceRunner
 
@@ -374,8 +383,8 @@ def _measure(bundle: Bundle, opts: BenchOptions, target: Any, compiled: Any, bac
     not_run: dict[str, str] = {}
     flops = None
     if model is not None:
-        progress("counting FLOPs on the PyTorch modules")
-        flops = count_graph_flops(model, spec, rows, opts.batch, seed=opts.seed, nulls=nulls)
+        with stages("flops", "counting FLOPs on the PyTorch modules"):
+            flops = count_graph_flops(model, spec, rows, opts.batch, seed=opts.seed, nulls=nulls)
     else:
         not_run["flops"] = no_model
 
@@ -390,16 +399,20 @@ def _measure(bundle: Bundle, opts: BenchOptions, target: Any, compiled: Any, bac
         not_run["torch_eager"] = no_model
     else:
         runs["torch_eager"] = (TimedRunner(TorchReferenceRunner(model, spec), graphs), spec)
-    progress("warming up")
-    for runner, run_spec in runs.values():
-        warm_up(runner.inner, run_spec, cond, nulls, opts.batch, opts.seed)
+    with stages("warm_up", "warming up", total=len(runs)) as advance:
+        for runner, run_spec in runs.values():
+            warm_up(runner.inner, run_spec, cond, nulls, opts.batch, opts.seed)
+            advance()
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
     matmul: list[dict[str, float]] = []
-    for r in range(opts.repeats):
-        for name, (runner, run_spec) in runs.items():      # interleaved: load drifts hit all alike
-            progress(f"repeat {r + 1}/{opts.repeats}: {name}")
-            results[name].append(timed_sample(runner, run_spec, cond, nulls, opts.batch, opts.seed))
-        matmul.append(matmul_gflops())
+    with stages("repeats", f"{opts.repeats} timed repeats of {', '.join(runs)} + matmul",
+                total=opts.repeats * (len(runs) + 1)) as advance:
+        for r in range(opts.repeats):
+            for name, (runner, run_spec) in runs.items():      # interleaved: load drifts hit all alike
+                results[name].append(timed_sample(runner, run_spec, cond, nulls, opts.batch, opts.seed))
+                advance()
+            matmul.append(matmul_gflops())
+            advance()
     return summarize(bundle, spec, opts, target, compiled, flops, rows, results, matmul, threads, not_run)
 
 

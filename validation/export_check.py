@@ -8,9 +8,9 @@ nothing at the output path (and an existing bundle untouched).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from dualrate.exporter.bundle import Bundle, open_bundle
 from dualrate.exporter.errors import ParityError
 from dualrate.exporter.export import ExportOptions, build_bundle
 from dualrate.exporter.model_pair import DualRateModel
+from dualrate.exporter.progress import Progress, Stages
 
 from .gates import gate_for
 from .graph_parity import CheckResult, graph_level
@@ -26,8 +27,13 @@ from .graph_parity import CheckResult, graph_level
 
 @dataclass
 class ExportResult:
+    """``bundle`` (opened, verified), ``parity`` (ONNX Runtime vs PyTorch per graph output),
+    ``timings`` (stage -> seconds), ``calibration`` (what ``calibrate_precisions`` stored)."""
+
     bundle: Bundle
     parity: list[CheckResult]
+    timings: dict[str, float] = field(default_factory=dict)
+    calibration: list[dict[str, Any]] = field(default_factory=list)
 
 
 def model_source(model: DualRateModel) -> dict[str, Any]:
@@ -37,25 +43,37 @@ def model_source(model: DualRateModel) -> dict[str, Any]:
 
 
 def export_bundle(model: DualRateModel | str | Path, out: str | Path, opts: ExportOptions, force: bool = False,
-                  allow_factory: bool = False, progress: Callable[[str], None] = lambda _: None,
-                  examples: dict[str, np.ndarray] | None = None) -> ExportResult:
-    """Export ``model`` (a ``DualRateModel`` or a checkpoint path) to a verified bundle at ``out``."""
+                  allow_factory: bool = False, progress: Progress | None = None,
+                  examples: dict[str, np.ndarray] | None = None,
+                  calibrate_precisions: bool | Sequence[str] = False) -> ExportResult:
+    """Export ``model`` (a ``DualRateModel`` or a checkpoint path) to a verified bundle at ``out``.
+
+    ``calibrate_precisions`` (True: bf16 and fp16, or a list of them) also stores the reduced-precision
+    gate calibration now instead of when a reduced-precision target is first compiled or validated
+    (it is outside the hashed payload: the bundle's fp32 content is the same either way).
+    """
     from dualrate.exporter.checkpoint import load_checkpoint
+    from dualrate.exporter.precision_calibration import LOW_PRECISIONS
     from dualrate.targets.base import get_target
 
-    if isinstance(model, DualRateModel):
-        source = model_source(model)
-    else:
-        ckpt = load_checkpoint(model, allow_factory=allow_factory)
-        model, source = ckpt.pair, ckpt.source()
+    precisions = _precisions(calibrate_precisions, LOW_PRECISIONS)
+    stages = Stages(progress)
+    with stages("load", "loading the model"):
+        if isinstance(model, DualRateModel):
+            source = model_source(model)
+        else:
+            ckpt = load_checkpoint(model, allow_factory=allow_factory)
+            model, source = ckpt.pair, ckpt.source()
+    calibration: list[dict[str, Any]] = []
     with atomic_directory(Path(out), force=force) as tmp:
-        build_bundle(model, tmp, opts, source, progress, examples)
-        staged = open_bundle(tmp)
-        progress("checking ONNX Runtime vs PyTorch on recorded reference inputs")
-        target = get_target("onnxruntime")
-        target.require()
-        runner = target.open_runner(staged, _uncompiled(staged))
-        results = graph_level(runner, {g: staged.golden(g) for g in staged.golden_names()}, gate_for("fp32"))
+        build_bundle(model, tmp, opts, source, stages, examples)
+        with stages("verify", "verifying the staged bundle (hashes, graph checks)"):
+            staged = open_bundle(tmp)
+        with stages("parity", "checking ONNX Runtime vs PyTorch on recorded reference inputs"):
+            target = get_target("onnxruntime")
+            target.require()
+            runner = target.open_runner(staged, _uncompiled(staged), spin=False)
+            results = graph_level(runner, {g: staged.golden(g) for g in staged.golden_names()}, gate_for("fp32"))
         failed = [r for r in results if not r.passed]
         if failed:
             r = failed[0]
@@ -63,7 +81,32 @@ def export_bundle(model: DualRateModel | str | Path, out: str | Path, opts: Expo
                               f"{'; '.join(r.reasons)} (worst call {r.detail['worst_call']}, "
                               f"min atol at rtol {r.metrics.rtol:g}: {r.metrics.min_atol_at_rtol:.3g}); "
                               "nothing was written")
-    return ExportResult(open_bundle(out), results)
+        if precisions:
+            from dualrate.exporter.precision_calibration import ensure
+            from dualrate.exporter.torch_runner import machine_threads
+
+            with machine_threads():
+                for p in precisions:
+                    calibration.append(ensure(staged, p, model=model, stages=stages)[1])
+    # the directory verified above was renamed into place as a whole: no second pass over its files
+    bundle = Bundle(Path(out), staged.manifest, staged.spec)
+    for rec in calibration:
+        rec["path"] = str(Path(out) / Path(rec["path"]).relative_to(tmp))
+    return ExportResult(bundle, results, dict(stages.timings), calibration)
+
+
+def _precisions(given: bool | Sequence[str], known: Sequence[str]) -> list[str]:
+    from dualrate.exporter.errors import BadInputError
+
+    if given is True:
+        return list(known)
+    if not given:
+        return []
+    names = [given] if isinstance(given, str) else list(given)
+    bad = [p for p in names if p not in known]
+    if bad:
+        raise BadInputError(f"calibrate_precisions {bad}: the gate calibration exists for {', '.join(known)}")
+    return list(dict.fromkeys(names))
 
 
 def _uncompiled(bundle: Bundle):

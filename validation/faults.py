@@ -6,6 +6,9 @@ one must end FAILED. The faults:
 
 * ``weight_perturbed``: every encoder weight tensor multiplied by (1 + 1e-3 * random sign) in
   a re-hashed copy of the bundle — a silently wrong export;
+* ``one_weight_perturbed``: the largest encoder weight tensor alone multiplied elementwise by
+  (1 + 1e-3 * N(0, 1)), re-hashed — an error the fixed 1e-4 fp32 gate passes and the
+  floor-calibrated gates catch (applicable where the run's gates are floor-calibrated);
 * ``refresh_shifted``: the backend loop refreshes one step late (every refresh after step 0 + 1);
 * ``features_swapped``: two feature outputs trade places (same-shaped outputs), or, when every
   output has its own shape, the feature rows of two samples are exchanged;
@@ -158,20 +161,48 @@ def perturb_weights(bundle_dir: Path, graph: str = "encoder", rel: float = 1e-3,
     return changed
 
 
-FAULTS = ("weight_perturbed", "refresh_shifted", "features_swapped", "context_time_current",
+def perturb_one_weight(bundle_dir: Path, graph: str = "encoder", rel: float = 1e-3, seed: int = 0) -> str:
+    """Multiply the largest float32 weight matrix/kernel of ``graph`` (the most elements among the
+    initializers with at least two axes longer than 1) elementwise by (1 + rel * N(0, 1)), then
+    re-hash the bundle. Returns the tensor's name."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = bundle_dir / f"{graph}.onnx"
+    model = onnx.load(str(path))
+    candidates = [(int(np.prod(init.dims)), -k, init) for k, init in enumerate(model.graph.initializer)
+                  if init.data_type == onnx.TensorProto.FLOAT and sum(d > 1 for d in init.dims) >= 2]
+    if not candidates:
+        raise ValueError(f"{graph}.onnx has no float32 weight matrix to perturb")
+    init = max(candidates, key=lambda c: c[:2])[2]
+    w = numpy_helper.to_array(init)
+    noise = np.random.default_rng(seed).standard_normal(w.shape)
+    init.CopyFrom(numpy_helper.from_array((w * (1 + rel * noise)).astype(w.dtype), init.name))
+    onnx.save(model, str(path))
+    manifest = json.loads((bundle_dir / MANIFEST).read_text())
+    write_manifest(bundle_dir, {k: v for k, v in manifest.items() if k not in ("files", "format", "format_version")})
+    return init.name
+
+
+FAULTS = ("weight_perturbed", "one_weight_perturbed", "refresh_shifted", "features_swapped", "context_time_current",
           "guidance_one_net", "bf16_under_fp32_gate")
 
 
 def self_test(bundle_path: str | Path, opts: ValidateOptions,
               progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Validate once clean, then once per planted fault; every fault must be caught."""
+    """Validate once clean, then once per planted fault; every fault must be caught. The reference
+    (PyTorch trajectories or golden vectors) is computed once and reused by every run."""
+    from dualrate.exporter.progress import Stages
+
+    stages = Stages(progress)
+    opts = dataclasses.replace(opts, cache={} if opts.cache is None else opts.cache)
     bundle = open_bundle(bundle_path)
     spec = bundle.spec
-    clean, _ = validate(bundle_path, opts)
+    with stages("clean", "clean run"):
+        clean, _ = validate(bundle_path, opts)
     rows = []
     with tempfile.TemporaryDirectory(prefix="dualrate-selftest-") as tmp:
         for fault in FAULTS:
-            progress(f"planted fault: {fault}")
             fault_opts = dataclasses.replace(opts)
             path = Path(bundle_path)
             note = ""
@@ -179,6 +210,14 @@ def self_test(bundle_path: str | Path, opts: ValidateOptions,
                 path = Path(tmp) / "perturbed"
                 shutil.copytree(bundle_path, path, ignore=shutil.ignore_patterns("targets"))
                 note = f"{perturb_weights(path)} encoder weight tensors x (1 +/- 1e-3)"
+            elif fault == "one_weight_perturbed":
+                if (clean.get("gates") or {}).get("kind") != "floor-calibrated":
+                    rows.append(_row(fault, None, "not applicable: the gates are not floor-calibrated (fp32 with "
+                                                  "the bundle's golden/fp32_floor.npz); the fixed gates pass it"))
+                    continue
+                path = Path(tmp) / "one-perturbed"
+                shutil.copytree(bundle_path, path, ignore=shutil.ignore_patterns("targets"))
+                note = f"encoder tensor {perturb_one_weight(path)} x (1 + 1e-3 N(0,1))"
             elif fault == "refresh_shifted":
                 steps = spec.dual_rate.resolved_refresh_steps
                 shifted = [0] + sorted({min(s + 1, spec.sampler.num_steps - 1) for s in steps[1:]} - {0})
@@ -205,12 +244,14 @@ def self_test(bundle_path: str | Path, opts: ValidateOptions,
             elif fault == "bf16_under_fp32_gate":
                 fault_opts.runner_wrapper = Bf16Outputs
                 fault_opts.gate_precision = "fp32"
-            doc, _ = validate(path, fault_opts)
+            with stages(fault, f"planted fault: {fault}"):
+                doc, _ = validate(path, fault_opts)
             rows.append(_row(fault, doc, note))
     applicable = [r for r in rows if r["caught"] is not None]
     return {"clean_verdict": clean["verdict"], "faults": rows,
             "caught": sum(1 for r in applicable if r["caught"]), "applicable": len(applicable),
-            "passed": clean["verdict"] == "PASSED" and all(r["caught"] for r in applicable)}
+            "passed": clean["verdict"] == "PASSED" and all(r["caught"] for r in applicable),
+            "timings": dict(stages.timings)}
 
 
 def _row(fault: str, doc: dict[str, Any] | None, note: str) -> dict[str, Any]:

@@ -50,10 +50,11 @@ def run_graph(runner: Any, graph: str, inputs: dict[str, np.ndarray]) -> dict[st
 
 def graph_level(runner: Any, vectors: dict[str, dict[str, np.ndarray]], gate: Gate,
                 overrides: dict[str, dict[str, float]] | None = None,
-                call_gates: dict[tuple[str, str], Gate] | None = None) -> list[CheckResult]:
-    """Each graph output over all recorded calls (``gate``), and its worst single call (the
-    calibrated per-call gate, see ``gates.call_gates``); ``overrides`` maps ``graph/output``
-    to gate fields. Every graph with recorded calls is checked (the decoder where there is one)."""
+                call_gates: dict[tuple[str, str], Gate] | None = None,
+                total_gates: dict[tuple[str, str], Gate] | None = None) -> list[CheckResult]:
+    """Each graph output over all recorded calls (``gate``, or its ``total_gates`` entry: the
+    floor-calibrated fp32 gate), and its worst single call (the calibrated per-call gate, see
+    ``gates.call_gates`` and ``gates.gate_set``); ``overrides`` maps ``graph/output`` to gate fields. Every graph with recorded calls is checked (the decoder where there is one)."""
     from dataclasses import replace
     results = []
     for graph in GRAPH_ORDER:
@@ -72,10 +73,11 @@ def graph_level(runner: Any, vectors: dict[str, dict[str, np.ndarray]], gate: Ga
             worst = int(np.nanargmax([m.rel_l2 if not m.non_finite else np.inf for m in per_call]))
             total = compare(np.concatenate([g.ravel() for g in got[name]]), np.concatenate([w.ravel() for w in want[name]]))
             extra = (overrides or {}).get(f"{graph}/{name}", {})
-            g = replace(gate, **extra)
+            g = replace((total_gates or {}).get((graph, name), gate), **extra)
             per_call_gate = replace((call_gates or {}).get((graph, name), gate), **extra)
             reasons = g.check(total) or per_call_gate.check(per_call[worst])
             results.append(CheckResult("graph", graph, name, total, reasons,
                                        {"calls": len(calls), "worst_call": worst,
-                                        "worst_call_rel_l2": per_call[worst].rel_l2}))
+                                        "worst_call_rel_l2": per_call[worst].rel_l2,
+                                        "gate_rel_l2": g.rel_l2, "call_gate_rel_l2": per_call_gate.rel_l2}))
     return results

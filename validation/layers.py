@@ -71,7 +71,8 @@ def teacher_forced(runner: Any, spec: Spec, traj: dict[str, np.ndarray], gate: G
         first = failing[0] if failing else None
         results.append(CheckResult(
             "teacher_forced", graph, name, worst, step_gate.check(first[1]) if first else [],
-            {"step": first[0] if first else None, "worst_step": worst_step, "steps": [i for i, _ in steps],
+            {"step": first[0] if first else None, "worst_step": worst_step, "gate_rel_l2": step_gate.rel_l2,
+             "steps": [i for i, _ in steps],
              "per_step_rel_l2": [m.rel_l2 for _, m in steps]}))
     return results
 
@@ -83,11 +84,12 @@ def _replay(runner: Any, spec: Spec, traj: dict[str, np.ndarray], nulls: dict[st
 
 
 def free_running(runner: Any, spec: Spec, trajectories: dict[str, dict[str, np.ndarray]], gate: Gate,
-                 backend_spec: Spec | None = None, nulls: dict[str, np.ndarray] | None = None
+                 backend_spec: Spec | None = None, nulls: dict[str, np.ndarray] | None = None,
+                 decoded_gate: Gate | None = None
                  ) -> tuple[list[CheckResult], dict[str, Any], dict[str, np.ndarray]]:
     """Backend sampling with the reference noise; returns checks, the drift curve and final arrays.
-    With a decoder, the decoded outputs are compared too."""
-    results, drift, arrays = [], None, {}
+    With a decoder, the decoded outputs are compared too (``decoded_gate``, else ``gate``)."""
+    results, drift, shown = [], None, {}
     run_spec = backend_spec or spec
     for name, traj in sorted(trajectories.items()):
         res = _replay(runner, run_spec, traj, nulls)
@@ -97,19 +99,27 @@ def free_running(runner: Any, spec: Spec, trajectories: dict[str, dict[str, np.n
         results.append(CheckResult("free_running", "sampler", f"final[{name}]", final,
                                    gate.check(final, final_sample=True),
                                    {"step": first_bad, "seed": int(traj["seed"]), "trajectory": name,
-                                    "refresh_log": res.refresh_log}))
+                                    "gate_rel_l2": gate.rel_l2, "refresh_log": res.refresh_log}))
         if res.decoded is not None and "decoded" in traj:
             decoded = compare(res.decoded, traj["decoded"])
+            dgate = decoded_gate or gate
             results.append(CheckResult("free_running", "decoder", f"decoded[{name}]", decoded,
-                                       gate.check(decoded, final_sample=True),
-                                       {"seed": int(traj["seed"]), "trajectory": name}))
+                                       dgate.check(decoded, final_sample=True),
+                                       {"seed": int(traj["seed"]), "trajectory": name, "gate_rel_l2": dgate.rel_l2}))
         if drift is None:
             drift = {"trajectory": name, "steps": list(range(len(per_step))),
                      "rel_l2": [m.rel_l2 for m in per_step],
                      "refresh_steps": list(spec.dual_rate.resolved_refresh_steps)}
-            arrays = {"reference_final": traj["final"], "backend_final": res.x}
-            if res.decoded is not None and "decoded" in traj:
-                arrays.update(reference_decoded=traj["decoded"], backend_decoded=res.decoded)
+        # the report shows the whole golden batch: every trajectory's samples, labelled by seed
+        shown.setdefault("reference_final", []).append(traj["final"])
+        shown.setdefault("backend_final", []).append(res.x)
+        shown.setdefault("sample_labels", []).append(
+            np.array([f"seed {int(traj['seed'])} #{k}" for k in range(len(res.x))]))
+        if res.decoded is not None and "decoded" in traj:
+            shown.setdefault("reference_decoded", []).append(traj["decoded"])
+            shown.setdefault("backend_decoded", []).append(res.decoded)
+    arrays = {k: np.concatenate(v) for k, v in shown.items()
+              if len(v) == len(shown.get("reference_final", []))}        # decoded only where every trajectory has it
     return results, drift, arrays
 
 
@@ -145,5 +155,6 @@ def cache_equivalence(runner: Any, spec: Spec, traj: dict[str, np.ndarray], gate
     final = compare(res.x, traj["final"])
     return [CheckResult("cache_equivalence", "sampler", "final[every_step]", final,
                         gate.check(final, final_sample=True),
-                        {"step": first_bad, "per_step_rel_l2": [m.rel_l2 for m in per_step]})]
+                        {"step": first_bad, "gate_rel_l2": gate.rel_l2,
+                         "per_step_rel_l2": [m.rel_l2 for m in per_step]})]
 

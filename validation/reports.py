@@ -1,6 +1,10 @@
-"""Report writers for ``dualrate validate``: strict JSON, JUnit XML for CI, an HTML page
-(PNG sample grids, an error heatmap, an inline-SVG drift curve, a table per layer) and
+"""Report writers for ``dualrate validate``: strict JSON, JUnit XML for CI, an HTML page and
 the console summary.
+
+The HTML page is a jinja2 template (``templates/report.html.j2``) over a view of the results
+document: PNG sample grids and one row per sample of the whole golden batch with its own
+difference image (Pillow), the drift curve with its refresh steps and gate line (matplotlib,
+Agg, inline SVG), the gates, the baseline comparison and a table per layer.
 
 Every writer only *reads* the results document made by ``validation.validate``; none
 of them decides or softens a verdict. A layer that did not run is shown as "not run"
@@ -12,7 +16,6 @@ half-written report.
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 import math
 import re
@@ -24,7 +27,7 @@ import numpy as np
 
 from dualrate.exporter.atomic import atomic_write_bytes
 
-from .png import grid, to_uint8, write_png
+from .png import encode_png, grid, to_uint8, write_png
 
 __all__ = ["write_json", "junit_xml", "write_junit", "write_html", "console_summary", "colormap", "drift_svg"]
 
@@ -96,9 +99,15 @@ def _gate(result: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
     return None, None
 
 
-def _gate_text(name: str | None, gate: dict[str, Any] | None) -> str:
+def _gate_text(name: str | None, gate: dict[str, Any] | None, result: dict[str, Any] | None = None) -> str:
     if not gate:
         return "no gate recorded"
+    gates = (result or {}).get("gates") or {}
+    if gates.get("kind") == "floor-calibrated":
+        return (f"gate {name}, floor-calibrated: rel-L2 \u2264 {_fmt(gates.get('floor_factor'), 'g')} \u00d7 the "
+                f"reference's own fp32 error per check (at least {_fmt(gates.get('floor_min_rel_l2'), 'g')}, at most "
+                f"{_fmt(gate.get('rel_l2'), 'g')}), cosine \u2265 {_fmt(gate.get('cosine'), 'g')}, "
+                f"PSNR \u2265 {_fmt(gate.get('psnr_db'), 'g')} dB (final samples), no non-finite values")
     return (f"gate {name}: rel-L2 \u2264 {_fmt(gate.get('rel_l2'), 'g')}, cosine \u2265 {_fmt(gate.get('cosine'), 'g')}, "
             f"PSNR \u2265 {_fmt(gate.get('psnr_db'), 'g')} dB (final samples), no non-finite values")
 
@@ -292,9 +301,10 @@ def junit_xml(result: dict[str, Any]) -> str:
     props = ET.SubElement(suite, "properties")
     for key, val in _provenance(result):
         ET.SubElement(props, "property", {"name": _x(key), "value": _x(val)})
-    gate_line = _gate_text(*_gate(result))
+    gate_line = _gate_text(*_gate(result), result)
     for layer in _layers(result):
         _layer_cases(suite, layer, result, gate_line)
+    _baseline_case(suite, result)
     verdict, failed, skipped = result.get("verdict"), suite.findall("testcase/failure"), suite.findall("testcase/skipped")
     if (verdict == "FAILED" and not failed) or (verdict not in ("PASSED", "FAILED") and not failed and not skipped):
         # fail closed: a document that did not pass must never read as all green in CI
@@ -310,6 +320,24 @@ def junit_xml(result: dict[str, Any]) -> str:
         el.attrib.update({k: str(v) for k, v in counts.items()})
     ET.indent(root, space=" ")
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _baseline_case(suite: ET.Element, result: dict[str, Any]) -> None:
+    """``baseline/metrics``: every metric against the earlier report (``--baseline``)."""
+    b = result.get("baseline")
+    if not isinstance(b, dict):
+        return
+    from .baseline import describe
+
+    case = _testcase(suite, "baseline", "metrics")
+    regs = [describe(r, b.get("factor", 2.0), b.get("epsilon", 0.0)) for r in b.get("regressions") or []]
+    head = (f"{b.get('compared')} metrics against {b.get('path')} (factor {_fmt(b.get('factor'), 'g')}, "
+            f"epsilon {_fmt(b.get('epsilon'), 'g')})")
+    if regs:
+        ET.SubElement(case, "failure", {"message": _x(f"{len(regs)} metrics grew: {regs[0]}"),
+                                        "type": "baseline"}).text = _x(head + "\n" + "\n".join(regs))
+    else:
+        ET.SubElement(case, "system-out").text = _x(head + ": none grew")
 
 
 def write_junit(result: dict[str, Any], path: str | Path) -> None:
@@ -329,8 +357,10 @@ def console_summary(result: dict[str, Any]) -> str:
     ``PASSED``, ``FAILED: <first failure>`` or ``NOT RUN: <reason>``."""
     target = result.get("target") or {}
     req, eff = target.get("requested_precision"), target.get("effective_precision")
+    kind = (result.get("gates") or {}).get("kind")
     lines = [f"dualrate validate: {target.get('backend', '?')} precision {req} (effective {eff or 'unknown'}), "
-             f"reference {result.get('reference', '?')}, bundle {(result.get('bundle') or {}).get('path', '?')}"]
+             f"reference {result.get('reference', '?')}, bundle {(result.get('bundle') or {}).get('path', '?')}"
+             + (f", gates {kind}" if kind else "")]
     for layer in _layers(result):
         name, status, checks = layer.get("layer"), layer.get("status"), layer.get("checks") or []
         head = f"  {str(name):18s} {STATUS_TEXT.get(status, str(status)):8s}"
@@ -351,6 +381,7 @@ def console_summary(result: dict[str, Any]) -> str:
                          + (f" ({notes})" if notes else ""))
         if len(bad) > 3:
             lines.append(f"      ... and {len(bad) - 3} more")
+    lines += _baseline_lines(result)
     verdict = result.get("verdict")
     if verdict == "PASSED":
         skipped = [str(l.get("layer")) for l in _layers(result) if l.get("status") == "not_run"]
@@ -366,24 +397,40 @@ def console_summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- images
+def _baseline_lines(result: dict[str, Any]) -> list[str]:
+    b = result.get("baseline")
+    if not isinstance(b, dict):
+        return []
+    from .baseline import describe
 
-# viridis sampled at 9 points: perceptually ordered, readable in grey and by most colour-blind readers
-_VIRIDIS = np.array([[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
-                     [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]], np.float64)
+    regs = b.get("regressions") or []
+    slack = f"{_fmt(b.get('factor'), 'g')}x (+{_fmt(b.get('epsilon'), 'g')})"
+    if not regs:
+        return [f"  {'baseline':18s} {'passed':8s} {b.get('compared')} metrics within {slack} of {b.get('path')}"]
+    out = [f"  {'baseline':18s} {'FAILED':8s} {len(regs)} of {b.get('compared')} metrics grew past {slack} "
+           f"of {b.get('path')}"]
+    out += [f"      {describe(r, b.get('factor', 2.0), b.get('epsilon', 0.0))}" for r in regs[:5]]
+    if len(regs) > 5:
+        out.append(f"      ... and {len(regs) - 5} more")
+    return out
+
+
+# --------------------------------------------------------------------------- images (Pillow) and colours (matplotlib)
+
 NON_FINITE_RGB = (255, 0, 255)    # magenta never occurs in viridis, so a NaN pixel cannot pass for an error value
 
 
 def colormap(t: np.ndarray) -> np.ndarray:
-    """``t`` in [0, 1] (clipped) to viridis-like RGB uint8 ``[..., 3]``; non-finite ``t`` is magenta."""
+    """``t`` in [0, 1] (clipped) to matplotlib's viridis as RGB uint8 ``[..., 3]`` (perceptually
+    ordered, readable in grey and by most colour-blind readers); non-finite ``t`` is magenta."""
+    from matplotlib import colormaps
+
     t = np.asarray(t, np.float64)
     bad = ~np.isfinite(t)
-    pos = np.clip(np.where(bad, 0.0, t), 0.0, 1.0) * (len(_VIRIDIS) - 1)
-    lo = np.minimum(np.floor(pos).astype(np.int64), len(_VIRIDIS) - 2)
-    frac = (pos - lo)[..., None]
-    rgb = _VIRIDIS[lo] * (1 - frac) + _VIRIDIS[lo + 1] * frac
+    rgb = colormaps["viridis"](np.clip(np.where(bad, 0.0, t), 0.0, 1.0))[..., :3]
+    rgb = np.floor(rgb * 255.0 + 0.5)
     rgb[bad] = NON_FINITE_RGB
-    return np.floor(rgb + 0.5).astype(np.uint8)
+    return rgb.astype(np.uint8)
 
 
 def _as_nchw(x: np.ndarray, limit: int | None = MAX_TILES) -> np.ndarray:
@@ -416,9 +463,29 @@ def _layout(result: dict[str, Any], n: int, c: int, per_channel: bool) -> int:
     return max(1, int(math.floor(math.sqrt(n))))
 
 
+def _heat(diff: np.ndarray, vmax: float) -> np.ndarray:
+    """``|difference|`` tiles ``[N, 1, H, W]`` as viridis ``[N, 3, H, W]`` on the scale 0 .. ``vmax``."""
+    d = diff[:, 0]
+    return colormap(d / vmax if vmax > 0 else np.where(np.isfinite(d), 0.0, np.nan)).transpose(0, 3, 1, 2)
+
+
+def _data_uri(pixels: np.ndarray) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(encode_png(pixels)).decode("ascii")
+
+
+def _labels(arrays: dict[str, np.ndarray], n: int) -> list[str]:
+    given = arrays.get("sample_labels")
+    if given is not None and len(given) >= n:
+        return [str(x) for x in np.asarray(given)[:n]]
+    return [f"#{k}" for k in range(n)]
+
+
 def _write_images(result: dict[str, Any], arrays: dict[str, np.ndarray], out: Path,
                   data_range: tuple[float, float], which: str = "final") -> dict[str, Any]:
-    """Reference, backend and heatmap PNGs with the same layout; returns what the page states.
+    """Reference, backend and heatmap PNG grids with the same layout, and one row per sample
+    (reference, backend, its own difference image; inline PNGs); returns what the page states.
     ``which``: the final samples or the decoded output (``IMAGE_SETS``)."""
     files, ref_key, got_key = IMAGE_SETS[which]
     total = len(_as_nchw(arrays[ref_key], limit=None))
@@ -440,19 +507,34 @@ def _write_images(result: dict[str, Any], arrays: dict[str, np.ndarray], out: Pa
         diff = diff.max(axis=1, keepdims=True)    # worst channel per pixel, aligned with the RGB tile
     finite = diff[np.isfinite(diff)]
     vmax = float(finite.max()) if finite.size else 0.0
-    heat = colormap(diff[:, 0] / vmax if vmax > 0 else np.where(np.isfinite(diff[:, 0]), 0.0, np.nan))
     sizes = {}
-    for key, img in (("reference", ref_u8), ("backend", got_u8), ("heatmap", heat.transpose(0, 3, 1, 2))):
+    for key, img in (("reference", ref_u8), ("backend", got_u8), ("heatmap", _heat(diff, vmax))):
         pixels = grid(img, rows, scale=scale)
         write_png(out / files[key], pixels)
         sizes[key] = (pixels.shape[1], pixels.shape[0])
+    per = c if per_channel else 1                 # tiles per sample
+    samples = []
+    for k, label in enumerate(_labels(arrays, n)):
+        tiles = slice(k * per, (k + 1) * per)
+        d = diff[tiles]
+        fin = d[np.isfinite(d)]
+        own = float(fin.max()) if fin.size else 0.0
+        images = {key: grid(img, 1, scale=scale) for key, img in
+                  (("reference", ref_u8[tiles]), ("backend", got_u8[tiles]), ("difference", _heat(d, own)))}
+        a, r = np.asarray(got[k], np.float64), np.asarray(ref[k], np.float64)
+        ok = np.isfinite(a).all() and np.isfinite(r).all()
+        norm = float(np.linalg.norm(r))
+        samples.append({"label": label, "width": images["reference"].shape[1], "height": images["reference"].shape[0],
+                        **{f"{key}_uri": _data_uri(px) for key, px in images.items()},
+                        "rel_l2": _fmt(float(np.linalg.norm(a - r)) / norm if ok and norm > 0 else None),
+                        "max_abs": _fmt(own), "non_finite": int(d.size - fin.size)})
     return {"sizes": sizes, "vmax": vmax, "non_finite": int(diff.size - finite.size),
             "differing_u8": int(np.count_nonzero(ref_u8 != got_u8)), "pixels_u8": int(ref_u8.size),
             "count": n, "total": total, "per_channel": per_channel, "channels": c,
-            "scale": scale}
+            "scale": scale, "samples": samples}
 
 
-# --------------------------------------------------------------------------- SVG drift curve
+# --------------------------------------------------------------------------- drift plot (matplotlib, inline SVG)
 
 def _decades(values: list[float]) -> tuple[float, float]:
     lo = math.floor(math.log10(min(values)))
@@ -461,91 +543,71 @@ def _decades(values: list[float]) -> tuple[float, float]:
 
 
 def drift_svg(drift: dict[str, Any], gate_rel_l2: float | None = None, gate_name: str | None = None) -> str:
-    """rel-L2 of the backend state vs the reference per step, log y-axis; refresh steps as
-    vertical lines, the gate as a dashed line. Exact matches (0) sit on the bottom edge and
-    non-finite values on the top edge with a red mark, so the polyline keeps one point per step."""
+    """rel-L2 of the backend state vs the reference per step on a log y-axis, drawn by matplotlib
+    as SVG: the curve (``id="drift"``, one marker per step), a vertical line per refresh step
+    (``id="refresh-<step>"``) and the gate as a dashed line (``id="gate"``). Exact matches (0)
+    sit on the bottom edge and non-finite values on the top edge as red marks
+    (``id="non-finite"``), so the curve keeps one point per step."""
+    import io
+
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     vals = [None if v is None or not math.isfinite(float(v)) else float(v) for v in drift.get("rel_l2") or []]
-    steps = list(drift.get("steps") or range(len(vals)))[:len(vals)]
+    steps = [int(s) for s in list(drift.get("steps") or range(len(vals)))[:len(vals)]]
     vals = vals[:len(steps)]
-    W, H, L, R, T, B = 680, 320, 78, 24, 18, 52
-    pw, ph = W - L - R, H - T - B
     positive = [v for v in vals if v is not None and v > 0]
     if gate_rel_l2 is not None and gate_rel_l2 > 0:
         positive.append(float(gate_rel_l2))
     d_lo, d_hi = _decades(positive or [1e-8, 1.0])
     if any(v == 0 for v in vals):
         d_lo -= 1                                       # room below the data for the exact matches
-    steps = [int(s) for s in steps]
-    s0, s1 = (min(steps), max(steps)) if steps else (0, 1)
-    xs = lambda s: L + (s - s0) / max(s1 - s0, 1) * pw
-    pad = 0.15       # of a decade: keeps a value on a whole decade (often the gate) off the frame
-    ys = lambda v: T + (d_hi + pad - math.log10(v)) / (d_hi - d_lo + 2 * pad) * ph
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="drift-chart" width="{W}" height="{H}" '
-           f'viewBox="0 0 {W} {H}" role="img" aria-labelledby="drift-title">',
-           '<title id="drift-title">Drift: rel-L2 of the backend state vs the reference per sampling step</title>',
-           f'<rect x="{L}" y="{T}" width="{pw}" height="{ph}" fill="#fff" stroke="#888"/>']
-    every = max(1, math.ceil((d_hi - d_lo) / 8))       # at most ~8 labelled decades
-    for k in range(int(d_lo), int(d_hi) + 1, every):
-        y = ys(10.0 ** k)
-        out.append(f'<line class="grid" x1="{L}" x2="{L + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e4e4"/>'
-                   f'<text x="{L - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">1e{k}</text>')
-    tick = max(1, math.ceil((s1 - s0 + 1) / 12))
-    for s in range(s0, s1 + 1, tick):
-        out.append(f'<line x1="{xs(s):.1f}" x2="{xs(s):.1f}" y1="{T + ph}" y2="{T + ph + 4}" stroke="#888"/>'
-                   f'<text x="{xs(s):.1f}" y="{T + ph + 17}" text-anchor="middle" font-size="11">{s}</text>')
-    for s in drift.get("refresh_steps") or []:
-        if s0 <= s <= s1:
-            out.append(f'<line class="refresh" data-step="{int(s)}" x1="{xs(s):.1f}" x2="{xs(s):.1f}" y1="{T}" '
-                       f'y2="{T + ph}" stroke="#e08a00" stroke-width="1.5">'
-                       f'<title>encoder refresh at step {int(s)}</title></line>')
-    if gate_rel_l2 is not None and gate_rel_l2 > 0:
-        y = ys(float(gate_rel_l2))
-        label = html.escape(f"gate {_fmt(gate_rel_l2, 'g')}" + (f" ({gate_name})" if gate_name else ""))
-        out.append(f'<line class="gate" x1="{L}" x2="{L + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#c0392b" '
-                   f'stroke-dasharray="6 4"/><text x="{L + pw - 4}" y="{y - 5:.1f}" text-anchor="end" '
-                   f'font-size="11" fill="#c0392b">{label}</text>')
-    pts, marks = [], []
-    for s, v in zip(steps, vals):
-        y = T if v is None else (T + ph if v == 0 else ys(v))
-        pts.append(f"{xs(s):.1f},{y:.1f}")
-        shown = "non-finite" if v is None else ("0 (exact match)" if v == 0 else _fmt(v))
-        colour = "#d00" if v is None else "#1f5fa8"
-        marks.append(f'<circle cx="{xs(s):.1f}" cy="{y:.1f}" r="{4 if v is None else 2.5}" fill="{colour}">'
-                     f'<title>step {s}: rel-L2 {shown}</title></circle>')
-    out.append(f'<polyline class="drift" fill="none" stroke="#1f5fa8" stroke-width="1.8" points="{" ".join(pts)}"/>')
-    out.extend(marks)
-    out.append(f'<text x="{L + pw / 2}" y="{H - 10}" text-anchor="middle" font-size="12">sampling step</text>'
-               f'<text transform="translate(16 {T + ph / 2}) rotate(-90)" text-anchor="middle" font-size="12">'
-               'rel-L2 of z vs reference (log scale)</text></svg>')
-    return "\n".join(out)
+    bottom, top = 10.0 ** d_lo, 10.0 ** d_hi
+    ys = [top if v is None else (bottom if v == 0 else v) for v in vals]
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "dualrate", "font.size": 9}):
+        fig = Figure(figsize=(6.8, 3.2), dpi=100)
+        FigureCanvasAgg(fig)                     # the Agg canvas, per figure: no global backend switch (pyplot unused)
+        ax = fig.add_subplot()
+        ax.set_yscale("log")
+        ax.set_ylim(bottom, top)
+        s0, s1 = (min(steps), max(steps)) if steps else (0, 1)
+        ax.set_xlim(s0 - 0.5, max(s1, s0 + 1) + 0.5)
+        for s in drift.get("refresh_steps") or []:
+            if steps and s0 <= int(s) <= s1:
+                ax.axvline(int(s), color="#e67e22", linewidth=1, alpha=0.8, gid=f"refresh-{int(s)}")
+        if gate_rel_l2 is not None and gate_rel_l2 > 0:
+            ax.axhline(float(gate_rel_l2), color="#c0392b", linestyle="--", linewidth=1.2, gid="gate",
+                       label=" ".join(x for x in ("gate", gate_name, f"rel-L2 {_fmt(gate_rel_l2)}") if x))
+        ax.plot(steps, ys, color="#1f5fa8", linewidth=1.8, marker="o", markersize=3, gid="drift",
+                label="backend vs reference")
+        bad = [(s, y) for s, y, v in zip(steps, ys, vals) if v is None]
+        if bad:
+            ax.plot([s for s, _ in bad], [y for _, y in bad], linestyle="none", marker="o", markersize=6,
+                    color="#d00000", gid="non-finite", label="non-finite", clip_on=False)
+        ax.set_xlabel("sampling step")
+        ax.set_ylabel("rel-L2 of z vs reference (log scale)")
+        ax.grid(True, which="major", axis="y", color="#e5e5e5", linewidth=0.6)
+        ax.legend(loc="upper left", fontsize=8, frameon=False)
+        fig.tight_layout()
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]                     # inline: no XML declaration or doctype
 
 
-# --------------------------------------------------------------------------- HTML
+# --------------------------------------------------------------------------- HTML (jinja2 template)
 
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;
-padding:0 16px}
-h1{font-size:22px;margin:0 0 8px} h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}
-h3{font-size:15px;margin:20px 0 4px}
-.verdict{display:inline-block;padding:4px 14px;border-radius:4px;color:#fff;font-weight:700;letter-spacing:.05em}
-.v-passed{background:#1e8449} .v-failed{background:#c0392b} .v-not_run{background:#7f8c8d}
-.badge{display:inline-block;padding:1px 8px;border-radius:3px;font-size:12px;font-weight:700}
-.b-passed{background:#d5f5e3;color:#145a32} .b-failed{background:#fadbd8;color:#922b21}
-.b-not_run{background:#eaecee;color:#424949;border:1px dashed #7f8c8d} .b-error{background:#fcf3cf;color:#7d6608}
-table{border-collapse:collapse;margin:6px 0;font-size:13px}
-td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
-th{background:#f4f6f7} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-tr.fail td{background:#fdedec} tr.pass td:last-child{color:#145a32}
-.kv td:first-child{font-weight:600;white-space:nowrap} code{font-size:12px;word-break:break-all}
-.notrun{border:1px dashed #7f8c8d;background:#f8f9f9;padding:8px 12px;color:#424949}
-.warn{color:#922b21;font-weight:600} .muted{color:#666;font-size:12px} .desc{color:#555;margin:0 0 6px}
-.images{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start} figure{margin:0}
-figure img{image-rendering:pixelated;border:1px solid #ccc;display:block} figcaption{font-size:12px;color:#444;max-width:420px}
-"""
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
+def environment():
+    """The jinja2 environment of the report templates (``validation/templates``), HTML-escaping."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                              keep_trailing_newline=True)
 
 
 def _provenance(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -562,13 +624,23 @@ def _provenance(result: dict[str, Any]) -> list[tuple[str, str]]:
     rows += [("backend", t.get("backend")), ("device", t.get("device")), ("runtime version", t.get("runtime_version")),
              ("requested precision", t.get("requested_precision")), ("effective precision", t.get("effective_precision")),
              ("reference", result.get("reference"))]
+    if isinstance(result.get("machine"), dict):
+        rows.append(("machine", machine_text(result["machine"])))
     if t.get("note"):
         rows.append(("target note", t["note"]))
     rows += [(f"artifact {name} sha256", h) for name, h in (t.get("artifacts") or {}).items()]
     rows += [(f"shape {k}", v) for k, v in (result.get("shapes") or {}).items()]
     gname, gate = _gate(result)
-    rows.append(("gate", _gate_text(gname, gate)))
+    rows.append(("gate", _gate_text(gname, gate, result)))
     return [(k, "\u2014" if v is None else str(v)) for k, v in rows]
+
+
+def machine_text(m: Any) -> str:
+    """``host (os, arch)`` of a results document's ``machine``."""
+    if not isinstance(m, dict):
+        return "unknown"
+    detail = ", ".join(str(m[k]) for k in ("os", "arch") if m.get(k))
+    return f"{m.get('host') or '?'}" + (f" ({detail})" if detail else "")
 
 
 def _source_rows(source: Any) -> list[tuple[str, Any]]:
@@ -585,42 +657,11 @@ def _source_rows(source: Any) -> list[tuple[str, Any]]:
     return rows
 
 
-def _header_html(result: dict[str, Any]) -> str:
-    verdict = str(result.get("verdict") or "unknown")
-    cls = {"PASSED": "passed", "FAILED": "failed"}.get(verdict, "not_run")
-    t = result.get("target") or {}
-    precision = t.get("effective_precision") or t.get("requested_precision") or ""
-    parts = [f'<h1>dualrate validate: {_e(t.get("backend", "?"))} {_e(precision)}'
-             f' <span class="verdict v-{cls}" id="verdict">{_e(verdict)}</span></h1>']
-    if verdict == "FAILED":
-        parts.append(f'<p class="warn">First failure: {_e(_first_failure_text(result))}</p>')
-    elif verdict == "NOT RUN":
-        parts.append(f'<p class="notrun">Not run: {_e(_not_run_reason(result))}. Not run is never counted as passed.</p>')
-    req, eff = t.get("requested_precision"), t.get("effective_precision")
-    if req and eff and req != eff:
-        parts.append(f'<p class="warn">The backend ran at {_e(eff)}, not the requested {_e(req)}; '
-                     f'gates key on the effective precision.</p>')
-    rows = "".join(f"<tr><td>{_e(k)}</td><td><code>{_e(v)}</code></td></tr>" for k, v in _provenance(result)
-                   if k not in ("verdict",))
-    parts.append(f'<table class="kv">{rows}</table>')
-    return "\n".join(parts)
-
-
 def _layer_reason(result: dict[str, Any], name: str) -> str | None:
     layer = next((l for l in _layers(result) if l.get("layer") == name), None)
     if layer is None:
         return f"the results document has no {name} layer"
     return layer.get("reason") if layer.get("status") == "not_run" else None
-
-
-def _images_html(result: dict[str, Any], arrays: dict[str, np.ndarray], out: Path,
-                 data_range: tuple[float, float], decoded_range: tuple[float, float] | None = None) -> str:
-    """The final samples, then (for a bundle with a decoder) the decoded outputs."""
-    parts = [_image_section(result, arrays, out, data_range, "final")]
-    decoded = _image_section(result, arrays, out, _decoded_range(result, decoded_range), "decoded")
-    if decoded:
-        parts.append(decoded)
-    return "\n".join(parts)
 
 
 def _has_decoder(result: dict[str, Any]) -> bool:
@@ -640,23 +681,24 @@ def _decoded_range(result: dict[str, Any], given: tuple[float, float] | None) ->
 
 
 def _image_section(result: dict[str, Any], arrays: dict[str, np.ndarray], out: Path,
-                   data_range: tuple[float, float], which: str) -> str:
+                   data_range: tuple[float, float], which: str) -> dict[str, Any] | None:
+    """The template's view of one image section (None: no section at all)."""
     files, ref_key, got_key = IMAGE_SETS[which]
-    head = "<h2>Final samples</h2>" if which == "final" else "<h2>Decoded output</h2>"
+    head = "Final samples" if which == "final" else "Decoded output"
     if not arrays or ref_key not in arrays or got_key not in arrays:
         for f in files.values():                 # never let a previous run's images sit beside this page
             (out / f).unlink(missing_ok=True)
         if which == "decoded" and not _has_decoder(result):
-            return ""                            # no decoder: nothing to decode, no section
+            return None                          # no decoder: nothing to decode, no section
         why = _layer_reason(result, "free_running") or (
             "no final samples were recorded" if which == "final" else "no decoded outputs were recorded")
-        return f'{head}<p class="notrun">not run: {_e(why)}</p>'
+        return {"head": head, "state": "notrun", "message": why}
     try:
         info = _write_images(result, arrays, out, data_range, which)
     except ValueError as exc:                    # a bad array must not cost the rest of the report
         for f in files.values():
             (out / f).unlink(missing_ok=True)
-        return f'{head}<p class="warn">images not shown: {_e(exc)}</p>'
+        return {"head": head, "state": "warn", "message": f"images not shown: {exc}"}
     n, total = info["count"], info["total"]
     what = "samples" if which == "final" else "decoded outputs"
     note = f"first {n} of {total} {what}; " if total > n else f"{n} {what}; "
@@ -670,71 +712,93 @@ def _image_section(result: dict[str, Any], arrays: dict[str, np.ndarray], out: P
         heat += " (worst channel per pixel)"
     if info["non_finite"]:
         heat += f"; {info['non_finite']} non-finite values shown magenta"
-    figs = []
-    for key, cap in (("reference", "reference"), ("backend", f"backend ({_e((result.get('target') or {}).get('backend', '?'))})"),
-                     ("heatmap", _e(heat))):
-        w, h = info["sizes"][key]
-        figs.append(f'<figure><img src="{files[key]}" width="{w}" height="{h}" alt="{which} {key}">'
-                    f"<figcaption>{cap}</figcaption></figure>")
-    return (f'{head}<p class="muted">{_e(note)}; {info["differing_u8"]} of {info["pixels_u8"]} 8-bit pixel values '
-            f'differ after quantisation.</p><div class="images">{"".join(figs)}</div>')
+    backend = (result.get("target") or {}).get("backend", "?")
+    figures = [{"src": files[key], "width": info["sizes"][key][0], "height": info["sizes"][key][1],
+                "alt": f"{which} {key}", "caption": cap}
+               for key, cap in (("reference", "reference"), ("backend", f"backend ({backend})"), ("heatmap", heat))]
+    return {"head": head, "state": "ok", "note": note, "figures": figures, "samples": info["samples"],
+            "differing": f"{info['differing_u8']} of {info['pixels_u8']} 8-bit pixel values differ after quantisation."}
 
 
-def _drift_html(result: dict[str, Any]) -> str:
-    head = "<h2>Drift (free-running sampler)</h2>"
+def _drift_view(result: dict[str, Any]) -> dict[str, Any]:
     drift = result.get("drift")
     if not drift or not drift.get("rel_l2"):
-        why = _layer_reason(result, "free_running") or "no drift curve was recorded"
-        return f'{head}<p class="notrun">not run: {_e(why)}</p>'
+        return {"state": "notrun", "message": _layer_reason(result, "free_running") or "no drift curve was recorded"}
+    from markupsafe import Markup
+
     gname, gate = _gate(result)
-    traj = f" ({_e(drift['trajectory'])})" if drift.get("trajectory") else ""
-    return (f'{head}<p class="desc">rel-L2 of the backend state vs the reference state after each step{traj}; '
-            f'orange lines: encoder refresh steps {_e(list(drift.get("refresh_steps") or []))}; '
-            f'dashed red: the per-step gate.</p>' + drift_svg(drift, (gate or {}).get("rel_l2"), gname))
+    gate_rel = (gate or {}).get("rel_l2")
+    per_check = ((result.get("gates") or {}).get("per_check") or {}).get("final")
+    if isinstance(per_check, dict) and isinstance(per_check.get("rel_l2"), (int, float)):
+        gate_rel = per_check["rel_l2"]                # floor-calibrated: the free-running gate
+    return {"state": "ok", "trajectory": drift.get("trajectory"), "refresh_steps": list(drift.get("refresh_steps") or []),
+            "svg": Markup(drift_svg(drift, gate_rel, gname))}
 
 
-def _check_row(c: dict[str, Any]) -> str:
+def _check_view(c: dict[str, Any], fallback_gate: Any) -> dict[str, Any]:
     m = c.get("metrics") or {}
-    cls = "pass" if c.get("passed") else "fail"
-    result = "passed" if c.get("passed") else "FAILED: " + "; ".join(str(r) for r in c.get("reasons") or ["failed"])
+    detail = c.get("detail") or {}
     atol = _fmt(m.get("min_atol_at_rtol")) + (f" @ rtol {_fmt(m.get('rtol'), 'g')}" if m.get("rtol") is not None else "")
-    detail = ", ".join([n for n in (_worst_step_note(c),) if n] + [f"{k}={v}" for k, v in _detail_items(c.get("detail"))])
-    cells = [_e(_check_name(c)), _e(_fmt(c.get("step")))]
-    cells += [_e(x) for x in ((_fmt(m.get("rel_l2")), _fmt(m.get("cosine"), ".8f"), _psnr_text(m),
-                               _fmt(m.get("max_abs")), atol) if m else ("\u2014",) * 5)]
-    tds = "".join(f'<td class="num">{x}</td>' if i else f"<td>{x}</td>" for i, x in enumerate(cells))
-    return (f'<tr class="{cls}">{tds}<td>{_e(result)}'
-            + (f'<div class="muted">{_e(detail)}</div>' if detail else "") + "</td></tr>")
+    notes = ", ".join([n for n in (_worst_step_note(c),) if n] + [f"{k}={v}" for k, v in _detail_items(detail)])
+    numbers = ((_fmt(m.get("rel_l2")), _fmt(detail.get("gate_rel_l2", fallback_gate)), _fmt(m.get("cosine"), ".8f"),
+                _psnr_text(m), _fmt(m.get("max_abs")), atol) if m else ("\u2014",) * 6)
+    return {"passed": bool(c.get("passed")), "name": _check_name(c), "step": _fmt(c.get("step")), "numbers": numbers,
+            "result": "passed" if c.get("passed") else "FAILED: " + "; ".join(str(r) for r in c.get("reasons") or ["failed"]),
+            "notes": notes}
 
 
-def _layer_html(layer: dict[str, Any]) -> str:
+def _layer_view(layer: dict[str, Any], fallback_gate: Any) -> dict[str, Any]:
     name, status = str(layer.get("layer")), layer.get("status")
     title, desc = LAYER_INFO.get(name, (name, ""))
-    label = STATUS_TEXT.get(status, str(status))
-    badge = f'<span class="badge b-{_e(status if status in STATUS_TEXT else "error")}">{_e(label)}</span>'
-    parts = [f'<h3 id="layer-{_e(name)}">{_e(title)} {badge}</h3>', f'<p class="desc">{_e(desc)}</p>' if desc else ""]
-    checks = layer.get("checks") or []
-    if status == "not_run":
-        parts.append(f'<p class="notrun">not run: {_e(layer.get("reason") or "no reason given")}</p>')
-        return "\n".join(parts)
-    if layer.get("reason"):
-        parts.append(f"<p>{_e(layer['reason'])}</p>")
-    if not checks:
-        parts.append('<p class="notrun">no checks were reported for this layer (not evidence of parity)</p>')
-        return "\n".join(parts)
-    head = "".join(f"<th>{h}</th>" for h in ("check", "step", "rel-L2", "cosine", "PSNR", "max abs",
-                                              "min atol that passes", "result"))
-    parts.append(f"<table><tr>{head}</tr>{''.join(_check_row(c) for c in checks)}</table>")
-    return "\n".join(parts)
+    return {"name": name, "title": title, "desc": desc, "status": status,
+            "badge": status if status in STATUS_TEXT else "error", "label": STATUS_TEXT.get(status, str(status)),
+            "reason": layer.get("reason"), "checks": [_check_view(c, fallback_gate) for c in layer.get("checks") or []]}
 
 
-def render_html(result: dict[str, Any], images_html: str) -> str:
-    title = f"dualrate validate: {result.get('verdict', 'unknown')}"
-    layers = "\n".join(_layer_html(l) for l in _layers(result))
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>\n<body>\n'
-            f"{_header_html(result)}\n{images_html}\n{_drift_html(result)}\n<h2>Layers</h2>\n{layers}\n"
-            f'<p class="muted">Full metrics, gates and provenance: the JSON results document.</p>\n</body></html>\n')
+def _gates_view(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The floor-calibrated gates per check (None for default gates: the header names them)."""
+    gates = result.get("gates") or {}
+    if gates.get("kind") != "floor-calibrated" or not isinstance(gates.get("per_check"), dict):
+        return None
+    rows = [{"check": k, "floor": _fmt((v or {}).get("floor_rel_l2")), "gate": _fmt((v or {}).get("rel_l2"))}
+            for k, v in gates["per_check"].items() if isinstance(v, dict)]
+    return {"factor": _fmt(gates.get("floor_factor"), "g"), "minimum": _fmt(gates.get("floor_min_rel_l2"), "g"),
+            "rows": rows}
+
+
+def _baseline_view(result: dict[str, Any]) -> dict[str, Any] | None:
+    from .baseline import describe
+
+    b = result.get("baseline")
+    if not isinstance(b, dict):
+        return None
+    regs = [describe(r, b.get("factor", 2.0), b.get("epsilon", 0.0)) for r in b.get("regressions") or []]
+    return {"path": b.get("path"), "factor": _fmt(b.get("factor"), "g"), "epsilon": _fmt(b.get("epsilon"), "g"),
+            "compared": b.get("compared"), "regressions": regs, "passed": not regs,
+            "precisions": f"{b.get('baseline_precision')} \u2192 {b.get('precision')}",
+            "runtimes": f"{b.get('baseline_runtime_version')} \u2192 {b.get('runtime_version')}"}
+
+
+def render_html(result: dict[str, Any], sections: list[dict[str, Any]]) -> str:
+    """The report page (``templates/report.html.j2``) for ``result`` and its image ``sections``."""
+    verdict = str(result.get("verdict") or "unknown")
+    t = result.get("target") or {}
+    req, eff = t.get("requested_precision"), t.get("effective_precision")
+    _, gate = _gate(result)
+    context = {
+        "title": f"dualrate validate: {result.get('verdict', 'unknown')}",
+        "backend": t.get("backend", "?"), "precision": eff or req or "", "verdict": verdict,
+        "verdict_class": {"PASSED": "passed", "FAILED": "failed"}.get(verdict, "not_run"),
+        "first_failure": _first_failure_text(result) if verdict == "FAILED" else None,
+        "not_run": _not_run_reason(result) if verdict == "NOT RUN" else None,
+        "precision_note": (f"The backend ran at {eff}, not the requested {req}; gates key on the effective precision."
+                           if req and eff and req != eff else None),
+        "provenance": [(k, v) for k, v in _provenance(result) if k != "verdict"],
+        "gates": _gates_view(result), "sections": [s for s in sections if s], "drift": _drift_view(result),
+        "baseline": _baseline_view(result),
+        "layers": [_layer_view(l, (gate or {}).get("rel_l2")) for l in _layers(result)],
+    }
+    return environment().get_template("report.html.j2").render(**context)
 
 
 def write_html(result: dict[str, Any], arrays: dict[str, np.ndarray], out_dir: str | Path,
@@ -748,8 +812,11 @@ def write_html(result: dict[str, Any], arrays: dict[str, np.ndarray], out_dir: s
     the ``decoder.data_range`` the results document records, else [-1, 1]."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    page = render_html(result, _images_html(result, arrays or {}, out, tuple(data_range),
-                                            None if decoded_range is None else tuple(decoded_range)))
+    arrays = arrays or {}
+    sections = [_image_section(result, arrays, out, tuple(data_range), "final"),
+                _image_section(result, arrays, out, _decoded_range(
+                    result, None if decoded_range is None else tuple(decoded_range)), "decoded")]
+    page = render_html(result, sections)
     path = out / "report.html"
     atomic_write_bytes(path, page.encode("utf-8"))
     return path

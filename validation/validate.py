@@ -22,9 +22,10 @@ import numpy as np
 
 from dualrate.exporter.bundle import Bundle, load_source_checkpoint, open_bundle, recorded_checkpoint
 from dualrate.exporter.errors import BackendUnavailableError, BadInputError
+from dualrate.exporter.progress import Progress, Stages
 from dualrate.exporter.spec import Spec
 
-from .gates import Gate, call_gates, gate_for
+from .gates import call_gates, gate_for, gate_set
 from .graph_parity import CheckResult, graph_level
 from .layers import cache_equivalence, free_running, refresh_audit, teacher_forced
 
@@ -46,13 +47,28 @@ class ValidateOptions:
     backend_spec: Spec | None = None
     model: Any = None                        # a DualRateModel to use as the live reference (Python API)
     conditioning: dict[str, np.ndarray] | None = None   # rows for the reference trajectories (live reference)
+    # reference vectors and model kept across runs on the same bundle content (the self-test's runs)
+    cache: dict[str, Any] | None = None
 
 
-def validate(bundle_path: str | Path, opts: ValidateOptions) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Run every layer; returns the results document and the arrays the HTML report shows."""
+def validate(bundle_path: str | Path, opts: ValidateOptions, progress: Progress | None = None
+             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Run every layer; returns the results document (with ``timings``: stage -> seconds) and the
+    arrays the HTML report shows. ``progress`` gets each stage (``dualrate.exporter.progress``)."""
+    stages = Stages(progress)
+    if opts.cache is None:          # the model is loaded (and verified) once per run
+        opts = dataclasses.replace(opts, cache={})
+    doc, arrays = _run(bundle_path, opts, stages)
+    doc["timings"] = dict(stages.timings)
+    return doc, arrays
+
+
+def _run(bundle_path: str | Path, opts: ValidateOptions, stages: Stages
+         ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     from dualrate.targets.base import get_target
 
-    bundle = open_bundle(bundle_path)
+    with stages("open", "verifying the bundle (hashes, graph checks)"):
+        bundle = open_bundle(bundle_path)
     target = get_target(opts.target)
     target.check_precision(opts.precision)
     doc = _header(bundle, opts)
@@ -63,7 +79,8 @@ def validate(bundle_path: str | Path, opts: ValidateOptions) -> tuple[dict[str, 
     if reason is None:
         try:
             extra = {"model": opts.model} if opts.model is not None and target.converts_from_model else {}
-            compiled = target.compile(bundle, opts.precision, **extra)
+            with stages("compile", f"compiling for {target.name} {opts.precision} (or reusing the cache)"):
+                compiled = target.compile(bundle, opts.precision, **extra)
         except BackendUnavailableError as exc:
             reason = str(exc)
     if compiled is None:
@@ -82,33 +99,111 @@ def validate(bundle_path: str | Path, opts: ValidateOptions) -> tuple[dict[str, 
     runner = target.open_runner(bundle, compiled, threads=opts.threads)
     if opts.runner_wrapper is not None:
         runner = opts.runner_wrapper(runner)
-    vectors, doc["reference"] = reference_vectors(bundle, opts)
+    vectors, doc["reference"] = reference_vectors(bundle, opts, stages)
     precision = opts.gate_precision or compiled.effective_precision
     gate = gate_for(precision, **opts.gate_overrides.get("*", {}))
     doc["gates"] = {precision: dataclasses.asdict(gate)}
+    gates = gate_set(precision, opts.gate_overrides, fp32_floor(bundle))    # fp32: from the model's own error
+    doc["gates"].update(gates.describe())
     spec = bundle.spec
     nulls = bundle.nulls()
     trajectories = {k: v for k, v in vectors.items() if k.startswith("trajectory_seed")}
     first = trajectories[sorted(trajectories)[0]]
     doc["shapes"] = {"batch": int(len(first["final"])), "steps": spec.sampler.num_steps}
-    per_call = call_gates(gate, precision, vectors.get("calibration"))
+    calibration, doc["gates"]["calibration"] = precision_calibration(bundle, precision, opts, stages)
+    if doc["gates"]["calibration"]["status"] == "uncalibrated":
+        doc.setdefault("notes", []).append(
+            f"per-call {precision} gates are uncalibrated (the default {precision} gate for every call): "
+            f"{doc['gates']['calibration']['reason']}")
+    per_call = call_gates(gate, precision, calibration)
     if per_call:
         doc["gates"]["per_call_calibrated"] = {f"{g}/{o}": dataclasses.asdict(v) for (g, o), v in per_call.items()}
-    layers["graph"] = _layer("graph", graph_level(runner, vectors, gate, opts.gate_overrides, per_call))
-    layers["teacher_forced"] = _layer("teacher_forced", teacher_forced(runner, spec, first, gate, per_call, nulls))
-    fr, drift, arrays = free_running(runner, spec, trajectories, _final_gate(gate, opts), opts.backend_spec, nulls)
+    per_call = per_call or gates.calls
+    with stages("graph", "graph layer: recorded calls"):
+        layers["graph"] = _layer("graph", graph_level(runner, vectors, gate, opts.gate_overrides, per_call,
+                                                      gates.totals))
+    with stages("teacher_forced", "teacher-forced steps"):
+        layers["teacher_forced"] = _layer("teacher_forced", teacher_forced(runner, spec, first, gate, per_call, nulls))
+    with stages("free_running", "free-running sampler"):
+        fr, drift, arrays = free_running(runner, spec, trajectories, gates.final, opts.backend_spec, nulls,
+                                         decoded_gate=gates.decoded)
     layers["free_running"] = _layer("free_running", fr)
     layers["refresh_audit"] = _layer("refresh_audit", refresh_audit(spec, fr))
     every = next(v for k, v in vectors.items() if k.startswith("every_step_seed"))
-    layers["cache_equivalence"] = _layer("cache_equivalence", cache_equivalence(
-        runner, spec, every, _final_gate(gate, opts), opts.backend_spec, nulls))
+    with stages("cache_equivalence", "cache == no-cache (refresh at every step)"):
+        layers["cache_equivalence"] = _layer("cache_equivalence", cache_equivalence(
+            runner, spec, every, gates.final, opts.backend_spec, nulls))
     return _finish(doc, layers, drift), arrays
 
 
-def reference_vectors(bundle: Bundle, opts: ValidateOptions) -> tuple[dict[str, dict[str, np.ndarray]], str]:
+def reference_vectors(bundle: Bundle, opts: ValidateOptions, stages: Stages | None = None
+                      ) -> tuple[dict[str, dict[str, np.ndarray]], str]:
     """The reference as one vectors dict: recomputed on the PyTorch model (the checkpoint, or the
-    model handed over in Python), or the bundle's golden files."""
-    golden = {name: bundle.golden(name) for name in bundle.golden_names()}
+    model handed over in Python), or the bundle's golden files. Computed once per bundle content
+    when ``opts.cache`` is given (the self-test validates the same reference seven times)."""
+    stages = stages or Stages()
+    key = _cache_key(bundle, opts)
+    if key is not None and key in opts.cache:
+        return opts.cache[key]
+    got = _reference_vectors(bundle, opts, stages)
+    if key is not None:
+        opts.cache[key] = got
+    return got
+
+
+def _cache_key(bundle: Bundle, opts: ValidateOptions) -> str | None:
+    if opts.cache is None or opts.conditioning is not None:     # rows given: this run's own reference
+        return None
+    files = bundle.manifest["files"]
+    content = sorted((rel, h) for rel, h in files.items() if rel == "spec.json" or rel.startswith(("golden/",
+                                                                                                  "conditioning/")))
+    return repr(("reference", opts.reference, str(opts.checkpoint), id(opts.model),
+                 (bundle.manifest.get("source") or {}).get("sha256"), content))
+
+
+def _model_key(bundle: Bundle, opts: ValidateOptions) -> tuple:
+    return ("model", str(opts.checkpoint), id(opts.model), (bundle.manifest.get("source") or {}).get("sha256"))
+
+
+def _live_model(bundle: Bundle, opts: ValidateOptions) -> Any:
+    """``reference_model``, loaded (and verified) once per ``opts.cache`` (one validate run, or the self-test)."""
+    if opts.cache is None:
+        return reference_model(bundle, opts)
+    key = _model_key(bundle, opts)
+    if key not in opts.cache:
+        opts.cache[key] = reference_model(bundle, opts)
+    return opts.cache[key]
+
+
+def precision_calibration(bundle: Bundle, precision: str, opts: ValidateOptions, stages: Stages | None = None
+                          ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
+    """The reduced-precision gate calibration (``exporter.precision_calibration``): stored, or computed
+    now on the bundle's PyTorch model where it is here, or none (the default gates, noted)."""
+    from dualrate.exporter import precision_calibration as pc
+
+    if precision not in pc.LOW_PRECISIONS:
+        return None, {"precision": precision, "status": "not_needed"}
+
+    def provider() -> tuple[Any, str | None]:
+        if opts.cache is not None and _model_key(bundle, opts) in opts.cache:     # the live reference's, verified
+            return opts.cache[_model_key(bundle, opts)], None
+        return pc.model_from(bundle, opts.model, opts.checkpoint)
+
+    from dualrate.exporter.optional import have
+
+    if not have("torch"):
+        return pc.ensure(bundle, precision, provider=lambda: (None, "PyTorch is not installed here "
+                                                                     "(pip install 'dualrate[export]')"))
+    from dualrate.exporter.torch_runner import machine_threads
+
+    with machine_threads():
+        return pc.ensure(bundle, precision, provider=provider, stages=stages)
+
+
+def _reference_vectors(bundle: Bundle, opts: ValidateOptions, stages: Stages
+                       ) -> tuple[dict[str, dict[str, np.ndarray]], str]:
+    with stages("golden", "reading the golden vectors"):
+        golden = {name: bundle.golden(name) for name in bundle.golden_names()}
     path = recorded_checkpoint(bundle, opts.checkpoint)
     live = opts.model is not None or (path is not None and path.exists())
     use_torch = opts.reference == "torch" or (opts.reference == "auto" and live)
@@ -123,9 +218,9 @@ def reference_vectors(bundle: Bundle, opts: ValidateOptions) -> tuple[dict[str, 
 
     require("torch", "--reference torch (recomputing the reference on the PyTorch model)")
     from dualrate.exporter.golden import capture, trajectory_conditioning
-    from dualrate.exporter.torch_runner import TorchReferenceRunner
+    from dualrate.exporter.torch_runner import TorchReferenceRunner, machine_threads
 
-    model = reference_model(bundle, opts)
+    model = _live_model(bundle, opts)
     export = bundle.manifest.get("export_options", {})
     seeds = tuple(export.get("golden_seeds", (0, 1)))
     # the same conditioning the golden trajectories were sampled with
@@ -134,8 +229,11 @@ def reference_vectors(bundle: Bundle, opts: ValidateOptions) -> tuple[dict[str, 
         from dualrate.exporter.conditioning import check_conditioning
         check_conditioning(bundle.spec, opts.conditioning)            # names, shapes, dtypes: one line if wrong
         recorded = None
-    vectors = capture(TorchReferenceRunner(model, bundle.spec), bundle.spec, seeds,
-                      int(export.get("golden_batch", 2)), bundle.nulls(), recorded, examples=opts.conditioning)
+    with stages("reference", "reference trajectories on PyTorch",
+                total=(len(seeds) + 1) * bundle.spec.sampler.num_steps) as step, machine_threads():
+        vectors = capture(TorchReferenceRunner(model, bundle.spec), bundle.spec, seeds,
+                          int(export.get("golden_batch", 2)), bundle.nulls(), recorded, examples=opts.conditioning,
+                          on_step=lambda _: step())
     return vectors, "torch"
 
 
@@ -156,8 +254,13 @@ def reference_model(bundle: Bundle, opts: ValidateOptions) -> Any:
                                   "PyTorch modules", alternative=", or use --reference golden").pair
 
 
-def _final_gate(gate: Gate, opts: ValidateOptions) -> Gate:
-    return dataclasses.replace(gate, **opts.gate_overrides.get("final", {}))
+def fp32_floor(bundle: Bundle) -> dict[str, np.ndarray] | None:
+    """The reference's own fp32 error the bundle recorded at export (``golden/fp32_floor.npz``), or
+    None for a bundle exported before it (which keeps the default gates). It holds for either
+    reference: the live one recomputes the very vectors the floor was measured on."""
+    from dualrate.exporter.fp32_floor import FLOOR_NAME
+
+    return bundle.golden(FLOOR_NAME) if FLOOR_NAME in bundle.golden_names() else None
 
 
 def _header(bundle: Bundle, opts: ValidateOptions) -> dict[str, Any]:
@@ -172,7 +275,16 @@ def _header(bundle: Bundle, opts: ValidateOptions) -> dict[str, Any]:
                 "data_range": list(bundle.spec.model.decoder.data_range),
                 "output_shape": list(bundle.spec.model.decoder.output_shape)},
             "target": {"backend": opts.target, "requested_precision": opts.precision, "effective_precision": None},
+            "machine": _machine(),
             "reference": opts.reference, "gates": {}, "shapes": {}}
+
+
+def _machine() -> dict[str, str]:
+    """Where the run happened (``dualrate report merge`` shows it per row)."""
+    import platform
+
+    return {"host": platform.node(), "os": f"{platform.system()} {platform.release()}".strip(),
+            "arch": platform.machine(), "python": platform.python_version()}
 
 
 def _target_info(compiled: Any) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -35,10 +34,11 @@ def _bench(args: argparse.Namespace) -> int:
     from dualrate.api import bench
     from dualrate.validation.bench import console_table
 
+    from dualrate.exporter.progress import console
+
     doc = bench(args.bundle, target=args.target, precision=args.precision, batch=args.batch, repeats=args.repeats,
                 threads=args.threads, seed=args.seed, checkpoint=args.checkpoint,
-                single_rate=not args.no_single_rate, torch_eager=not args.no_torch,
-                progress=lambda m: print(f"  {m}", file=sys.stderr))
+                single_rate=not args.no_single_rate, torch_eager=not args.no_torch, progress=console())
     if args.json:
         from dualrate.validation.reports import write_json
         write_json(doc, args.json)

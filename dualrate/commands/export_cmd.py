@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +23,9 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
                    help="store weights as ONNX external data (auto: when over ~1.8 GB)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle (only once the new one passed)")
     p.add_argument("--allow-factory", action="store_true", help="allow a checkpoint's custom model factory to run")
+    p.add_argument("--calibrate-precisions", action="store_true",
+                   help="also store the bf16/fp16 gate calibration now (BUNDLE/calibration/, outside the hashed "
+                        "files); by default it is computed when a bf16/fp16 target is first compiled or validated")
     add_sampler_flags(p)
     p.set_defaults(handler=_export)
 
@@ -46,24 +48,24 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(handler=_compile)
 
 
-def _say(msg: str) -> None:
-    print(f"  {msg}", file=sys.stderr)
-
-
 def _export(args: argparse.Namespace) -> int:
     from dualrate.api import export
     from dualrate.exporter.export_options import ExportOptions
+    from dualrate.exporter.progress import console, format_timings
 
     opts = ExportOptions(sampler=sampler_options(args), static_batch=args.static_batch, opset=args.opset,
                          external_data={"auto": None, "always": True, "never": False}[args.external_data])
     start = time.perf_counter()
     res = export(args.checkpoint, args.output, options=opts, force=args.force, allow_factory=args.allow_factory,
-                 progress=_say)
+                 progress=console(), calibrate_precisions=args.calibrate_precisions)
     spec = res.bundle.spec
     for r in res.parity:
         m = r.metrics
         print(f"  parity {r.graph:8s} {r.output:10s} rel-L2 {m.rel_l2:.2e}  cosine {m.cosine:.8f}  "
               f"max abs {m.max_abs:.2e}  ({r.detail['calls']} recorded calls)")
+    for rec in res.calibration:
+        print(f"  calibration {rec['precision']}: {rec['status']} -> {rec['path']}")
+    print(f"  timings: {format_timings(res.timings)}")
     print(f"wrote {args.output} in {time.perf_counter() - start:.1f} s: {spec.sampler.type}, "
           f"{spec.sampler.num_steps} steps, refresh at {list(spec.dual_rate.resolved_refresh_steps)}, "
           f"guidance {spec.guidance.scale}; ONNX Runtime parity PASSED")
@@ -90,11 +92,18 @@ def compile_options(args: argparse.Namespace) -> dict:
 
 def _compile(args: argparse.Namespace) -> int:
     from dualrate.api import compile
+    from dualrate.exporter.progress import console
 
     start = time.perf_counter()
     compiled = compile(args.bundle, target=args.target, precision=args.precision, force=args.force,
-                       **compile_options(args))
+                       progress=console(), **compile_options(args))
     rec = compiled.record
+    cal = compiled.calibration or {}
+    if cal.get("status") in ("stored", "computed"):
+        print(f"  calibration {cal['precision']}: {cal['status']} -> {cal['path']}")
+    elif cal.get("status") == "uncalibrated":
+        print(f"  calibration {cal['precision']}: not computed here ({cal['reason']}); validate uses the default "
+              f"{cal['precision']} gates for every call unless it can calibrate")
     print(f"compiled {args.bundle} for {args.target} in {time.perf_counter() - start:.1f} s: requested "
           f"{rec['requested_precision']}, effective {rec['effective_precision']}, runtime {rec['runtime_version']} "
           f"-> {compiled.path}")

@@ -67,7 +67,10 @@ def _train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
                       max_minutes=args.minutes, seed=args.seed)
-    _, summary = train_checkpoint(args.config, args.output, cfg, force=args.force)
+    from dualrate.exporter.progress import console, note_to
+
+    show = console()
+    _, summary = train_checkpoint(args.config, args.output, cfg, force=args.force, log=note_to(show), progress=show)
     print(f"wrote {args.output}: {summary['steps_done']} steps in {summary['minutes']} min, "
           f"final loss {summary['final_loss']:.4f}")
     return 0

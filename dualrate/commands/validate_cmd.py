@@ -29,6 +29,12 @@ def add_validate_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gate", action="append", default=[], metavar="KEY:FIELD=VALUE",
                    help="one override, e.g. denoiser/prediction:rel_l2=2e-4 (repeatable)")
     p.add_argument("--gate-precision", default=None, help="judge with this precision's gates instead of the effective one")
+    p.add_argument("--baseline", type=Path, default=None, metavar="PREVIOUS.json",
+                   help="an earlier report (--json) of this bundle on this target: exit 1 when any metric grew past "
+                        "--baseline-factor x its baseline value + --baseline-epsilon, even if the gates pass")
+    p.add_argument("--baseline-factor", type=float, default=2.0, metavar="F", help="default 2")
+    p.add_argument("--baseline-epsilon", type=float, default=1e-8, metavar="E",
+                   help="absolute slack, so 0 -> 1e-9 is no regression (default 1e-8)")
     p.add_argument("--self-test", action="store_true", help="plant each known fault and show that every one is caught")
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(handler=_validate)
@@ -68,8 +74,12 @@ def _validate(args: argparse.Namespace) -> int:
                            checkpoint=args.checkpoint, gate_precision=args.gate_precision,
                            gate_overrides=gate_overrides(args), threads=args.threads)
     if args.self_test:
+        if args.baseline is not None:
+            from dualrate.exporter.errors import BadInputError
+            raise BadInputError("--baseline judges one run against an earlier report; it does not apply to --self-test")
         return _self_test(args, opts)
     from dualrate.api import validate
+    from dualrate.exporter.progress import console
     from dualrate.validation.reports import write_json
 
     conditioning = None
@@ -78,7 +88,9 @@ def _validate(args: argparse.Namespace) -> int:
         conditioning = read_npz(args.conditioning, "--conditioning")
     report = validate(args.bundle, target=opts.target, precision=opts.precision, reference=opts.reference,
                       checkpoint=opts.checkpoint, gate_overrides=opts.gate_overrides,
-                      gate_precision=opts.gate_precision, threads=opts.threads, conditioning=conditioning)
+                      gate_precision=opts.gate_precision, threads=opts.threads, conditioning=conditioning,
+                      baseline=args.baseline, baseline_factor=args.baseline_factor,
+                      baseline_epsilon=args.baseline_epsilon, progress=console())
     if args.json:
         write_json(report.doc, args.json)
     if args.junit:
@@ -98,7 +110,9 @@ def _data_range(bundle: Path) -> tuple[float, float]:
 def _self_test(args: argparse.Namespace, opts) -> int:
     from dualrate.validation.faults import self_test
 
-    res = self_test(args.bundle, opts, progress=lambda m: print(f"  {m}", file=sys.stderr))
+    from dualrate.exporter.progress import console
+
+    res = self_test(args.bundle, opts, progress=console())
     print(f"clean run: {res['clean_verdict']}")
     for row in res["faults"]:
         ff = row["first_failure"] or {}
