@@ -92,6 +92,8 @@ def stored(bundle: Bundle, precision: str) -> dict[str, np.ndarray] | None:
         data = npz_path.read_bytes()
     except FileNotFoundError:
         data = None
+    except OSError as exc:
+        raise BundleError(f"bundle {bundle.path}: {rel_npz} cannot be read ({exc}); delete {npz_path.parent}") from None
     got = None if data is None else hashlib.sha256(data).hexdigest()
     if got != record["sha256"]:
         found = "is missing" if data is None else f"has sha256 {got[:12]}…"

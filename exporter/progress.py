@@ -7,20 +7,25 @@ is what the command line shows: a progress bar per stage (``tqdm``) when the str
 terminal, plain stage lines with elapsed seconds when it is not (CI logs).
 
 Every ``Stages`` keeps ``timings`` (stage -> seconds), which the JSON outputs record.
+
+The plain lines are for what takes time: a stage is announced once it has run for ``delay``
+seconds (1 s), and only an announced stage gets its closing line, so a command that fails at once
+still prints its one error line and nothing else.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterator, TextIO
 
-START, ADVANCE, END, NOTE = "start", "advance", "end", "note"
+START, ADVANCE, END, FAIL, NOTE = "start", "advance", "end", "fail", "note"
 
 
 class Event(str):
-    """One report: the text line, plus ``kind`` (start | advance | end | note), ``stage`` (its key),
+    """One report: the text line, plus ``kind`` (start | advance | end | fail | note), ``stage`` (its key),
     ``label``, ``done``/``total`` (units of work, total None when unknown) and ``seconds`` (elapsed
     in the stage)."""
 
@@ -38,6 +43,8 @@ class Event(str):
                 text = f"{label} ..."
             elif kind == END:
                 text = f"{label}: {seconds:.1f} s"
+            elif kind == FAIL:
+                text = f"{label}: stopped after {seconds:.1f} s"
             elif kind == ADVANCE:
                 text = f"{label}: {done}/{total if total is not None else '?'} ({seconds:.1f} s)"
             else:
@@ -82,7 +89,9 @@ class Stages:
         try:
             yield advance
         except BaseException:
-            self._record(stage, self.clock() - start)
+            seconds = self.clock() - start
+            self._record(stage, seconds)
+            self.progress(Event(FAIL, stage, label, done, total, seconds))
             raise
         seconds = self.clock() - start
         self._record(stage, seconds)
@@ -95,37 +104,64 @@ class Stages:
         """A line worth showing that is not a stage (a loss value, a cache reused)."""
         self.progress(Event(NOTE, stage, text))
 
-    def add(self, timings: dict[str, float], prefix: str = "") -> None:
-        """Fold another run's timings in (a nested export's, say)."""
-        for k, v in timings.items():
-            self.timings[prefix + k] = round(self.timings.get(prefix + k, 0.0) + v, 3)
-
 
 def console(stream: TextIO | None = None, bars: bool | None = None, indent: str = "  ",
-            every: float = 10.0) -> Progress:
+            every: float = 10.0, delay: float = 1.0) -> Progress:
     """The command line's display: a ``tqdm`` bar per stage when ``stream`` (stderr) is a terminal,
-    else a line when a stage starts, one at most every ``every`` seconds while it advances, and one
-    with its elapsed seconds when it ends."""
+    else plain lines: ``<stage> ...`` once a stage has run for ``delay`` seconds, its progress at
+    most every ``every`` seconds, and ``<stage>: <seconds> s`` when an announced stage ends."""
     stream = stream or sys.stderr
     if bars is None:
         bars = bool(getattr(stream, "isatty", lambda: False)())
-    return _Bars(stream) if bars else _Lines(stream, indent, every)
+    return _Bars(stream) if bars else _Lines(stream, indent, every, delay)
 
 
 class _Lines:
-    def __init__(self, stream: TextIO, indent: str, every: float):
-        self.stream, self.indent, self.every = stream, indent, every
+    def __init__(self, stream: TextIO, indent: str, every: float, delay: float):
+        self.stream, self.indent, self.every, self.delay = stream, indent, every, delay
+        self.lock = threading.Lock()
+        self.shown: dict[str, bool] = {}            # stage -> announced
+        self.timers: dict[str, threading.Timer] = {}
         self.last: dict[str, float] = {}
+
+    def _print(self, text: str) -> None:
+        print(f"{self.indent}{text}", file=self.stream, flush=True)
+
+    def _announce(self, stage: str, text: str) -> None:
+        with self.lock:
+            if stage in self.shown and not self.shown[stage]:
+                self.shown[stage] = True
+                self._print(text)
 
     def __call__(self, ev: Any) -> None:
         kind = getattr(ev, "kind", NOTE)
-        if kind == ADVANCE:
-            if ev.seconds - self.last.get(ev.stage, 0.0) < self.every:
+        if kind == START:
+            with self.lock:
+                self.shown[ev.stage], self.last[ev.stage] = False, 0.0
+            if self.delay <= 0:
+                self._announce(ev.stage, str(ev))
                 return
-            self.last[ev.stage] = ev.seconds
-        elif kind == START:
-            self.last[ev.stage] = 0.0
-        print(f"{self.indent}{ev}", file=self.stream, flush=True)
+            timer = threading.Timer(self.delay, self._announce, (ev.stage, str(ev)))
+            timer.daemon = True
+            self.timers[ev.stage] = timer
+            timer.start()
+        elif kind in (ADVANCE, END, FAIL):
+            if kind != ADVANCE and ev.stage in self.timers:
+                self.timers.pop(ev.stage).cancel()
+            if kind != ADVANCE or ev.seconds - self.last.get(ev.stage, 0.0) >= self.every:
+                self.last[ev.stage] = ev.seconds
+                with self.lock:
+                    announced = self.shown.get(ev.stage, True)
+                    if kind != ADVANCE:
+                        self.shown.pop(ev.stage, None)
+                    if not announced and ev.seconds >= self.delay and kind != FAIL:
+                        self._print(f"{ev.label} ...")           # the timer had not fired yet
+                        announced = True
+                    if announced:
+                        self._print(str(ev))
+        else:
+            with self.lock:
+                self._print(str(ev))
 
 
 class _Bars:
@@ -148,11 +184,11 @@ class _Bars:
         elif kind == ADVANCE and ev.stage in self.bars:
             bar = self.bars[ev.stage]
             bar.update(ev.done - bar.n)
-        elif kind == END and ev.stage in self.bars:
+        elif kind in (END, FAIL) and ev.stage in self.bars:
             bar = self.bars.pop(ev.stage)
-            if ev.total:
+            if ev.total and kind == END:
                 bar.update(max(0, ev.done - bar.n))
-            bar.set_postfix_str(f"{ev.seconds:.1f} s", refresh=False)
+            bar.set_postfix_str(f"{ev.seconds:.1f} s" if kind == END else "stopped", refresh=False)
             bar.close()
         else:
             self.tqdm.write(f"  {ev}", file=self.stream)

@@ -658,9 +658,10 @@ def test_graph_fuzz(base):
     print(f"[graph fuzz] mutations: {dict(seen.most_common())}")
     print(f"[graph fuzz] seconds by stage: { {k: round(v, 1) for k, v in SECONDS.most_common()} }")
     assert total >= CASES, f"ran {total} cases, fewer than the budget {CASES}"
-    for outcome in ("refused at open", "onnxruntime compiled", "onnxruntime refused", "openvino compiled",
-                    "validate PASSED"):
-        assert STATS[outcome], f"no case reached '{outcome}': the generator lost its reach"
+    if total >= CI_MINIMUM:     # a budget this size reaches every stage (a quick override may not)
+        for outcome in ("refused at open", "onnxruntime compiled", "onnxruntime refused", "openvino compiled",
+                        "validate PASSED"):
+            assert STATS[outcome], f"no case reached '{outcome}': the generator lost its reach"
 
 
 def test_graph_fuzz_budget():

@@ -110,11 +110,12 @@ def _run(bundle_path: str | Path, opts: ValidateOptions, stages: Stages
     trajectories = {k: v for k, v in vectors.items() if k.startswith("trajectory_seed")}
     first = trajectories[sorted(trajectories)[0]]
     doc["shapes"] = {"batch": int(len(first["final"])), "steps": spec.sampler.num_steps}
-    calibration, doc["gates"]["calibration"] = precision_calibration(bundle, precision, opts, stages)
-    if doc["gates"]["calibration"]["status"] == "uncalibrated":
-        doc.setdefault("notes", []).append(
-            f"per-call {precision} gates are uncalibrated (the default {precision} gate for every call): "
-            f"{doc['gates']['calibration']['reason']}")
+    calibration, cal = precision_calibration(bundle, precision, opts, stages)
+    if cal["status"] != "not_needed":         # bf16/fp16: stored, computed now, or uncalibrated (noted)
+        doc["gates"]["calibration"] = cal
+    if cal["status"] == "uncalibrated":
+        doc.setdefault("notes", []).append(f"per-call {precision} gates are uncalibrated (the default {precision} "
+                                           f"gate for every call): {cal['reason']}")
     per_call = call_gates(gate, precision, calibration)
     if per_call:
         doc["gates"]["per_call_calibrated"] = {f"{g}/{o}": dataclasses.asdict(v) for (g, o), v in per_call.items()}
