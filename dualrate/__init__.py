@@ -17,7 +17,8 @@ from typing import Any
 from dualrate.exporter.version import __version__
 
 _EXPORTS = {
-    "dualrate.api": ("export", "compile", "sample", "validate", "bench", "open_runner", "sampler_options", "ValidationReport"),
+    "dualrate.api": ("export", "compile", "sample", "validate", "bench", "tune", "open_runner", "sampler_options",
+                     "ValidationReport"),
     "dualrate.exporter.model_pair": ("DualRateModel", "Conditioning", "Decoder", "Role", "SAMPLE", "TIME", "TIME_CTX",
                                      "cond", "feature", "features"),
     "dualrate.exporter.errors": ("DualrateError", "BadInputError", "CheckpointError", "SpecError", "BundleError",

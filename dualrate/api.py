@@ -61,9 +61,10 @@ def export(model: Any, output: str | Path, *, options: Any = None, examples: Map
         examples: conditioning rows (name -> array [n, *shape]) for the golden trajectories,
             e.g. real prompt embeddings; default: class ids / standard-normal / ones.
         static_batch: fix the batch axis to this many samples (default: dynamic).
-        calibrate_precisions: also store the bf16/fp16 gate calibration now (True, or a list of
-            precisions); by default it is computed when a reduced-precision target is first
-            compiled or validated with the model at hand.
+        calibrate_precisions: also store the gate calibration now (True: all, or a list of
+            ``fp32`` (the model's own fp32 error, which sets the fp32 gates), ``bf16``, ``fp16``);
+            by default each is computed where the model is at hand when first needed (fp32 by
+            validate, bf16/fp16 by compile or validate).
         progress: called with each ``dualrate.exporter.progress.Event`` (a str: the stage line);
             ``dualrate.exporter.progress.console()`` shows them as the CLI does.
     Returns:
@@ -91,9 +92,14 @@ def export(model: Any, output: str | Path, *, options: Any = None, examples: Map
                          calibrate_precisions=calibrate_precisions)
 
 
-def compile(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32", force: bool = False,
-            model: Any = None, progress: Callable[[str], None] | None = None, **options: Any):
-    """Compile ``bundle`` for ``target`` (cached in ``BUNDLE/targets/<target>-<precision>``).
+def compile(bundle: Any, *, target: str = "onnxruntime", precision: "str | Mapping[str, str] | None" = None,
+            force: bool = False, model: Any = None, progress: Callable[[str], None] | None = None, **options: Any):
+    """Compile ``bundle`` for ``target`` (cached in ``BUNDLE/targets/<target>-<plan name>``).
+
+    ``precision`` is one precision for every graph (``"fp32"``, ``"int8"``, ``"int8-weights"``, ...) or a
+    per-graph plan: ``"encoder=int8,denoiser=fp32"`` or ``{"encoder": "int8"}`` (graphs not named stay
+    fp32). int8 is calibrated on the bundle's own sampler (``calibration_samples``, ``calibration_seed``).
+    ``.record["graph_precisions"]`` names what each graph really computes in.
 
     ``options`` are the backend's own. ``model`` is the bundle's DualRateModel (checked by its
     weights' sha256): Core ML converts from it for a bundle exported from Python, and a bf16/fp16
@@ -105,6 +111,7 @@ def compile(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32"
     from dualrate.targets.base import get_target
 
     b, t = _bundle(bundle), get_target(target)
+    precision = _precision(_default_precision(b, target, precision))
     stages = Stages(progress)
     if model is not None and t.converts_from_model:
         options["model"] = model
@@ -130,16 +137,32 @@ def _calibrate(bundle: Bundle, precision: str, model: Any, checkpoint: Any, stag
         return ensure(bundle, precision, provider=lambda: model_from(bundle, model, checkpoint), stages=stages)[1]
 
 
-def open_runner(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32", threads: int = 0, **options):
-    """A runner of the compiled bundle (the runner contract of ``dualrate.exporter.runner``)."""
+def open_runner(bundle: Any, *, target: str = "onnxruntime", precision: "str | Mapping[str, str] | None" = None,
+                threads: int = 0, **options):
+    """A runner of the compiled bundle (the runner contract of ``dualrate.exporter.runner``); ``precision``
+    as for ``compile`` (a precision or a per-graph plan)."""
     from dualrate.targets.base import get_target
 
     b = _bundle(bundle)
     t = get_target(target)
-    return t.open_runner(b, t.compile(b, precision, **options), threads=threads)
+    return t.open_runner(b, t.compile(b, _precision(_default_precision(b, target, precision)), **options),
+                         threads=threads)
 
 
-def sample(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32",
+def _default_precision(bundle: Bundle, target: str, precision: Any) -> Any:
+    """``precision`` when given, else the plan ``dualrate tune`` recorded in the bundle for ``target``,
+    else fp32 (``exporter.precision_default``)."""
+    from dualrate.exporter.precision_default import resolve_precision
+
+    return resolve_precision(bundle, target, precision)
+
+
+def _precision(precision: Any) -> Any:
+    """A plan given as a mapping becomes a plain dict (``parse_plan`` takes text, a dict or a plan)."""
+    return dict(precision) if isinstance(precision, Mapping) else precision
+
+
+def sample(bundle: Any, *, target: str = "onnxruntime", precision: "str | Mapping[str, str] | None" = None,
            conditioning: Mapping[str, Any] | Sequence[int] | None = None, seed: int = 0, n: int | None = None,
            on_step: Callable[[int], None] | None = None):
     """Sample with the bundle's sampler on ``target``.
@@ -212,7 +235,7 @@ class ValidationReport:
         write_junit(self.doc, Path(path))
 
 
-def validate(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32", reference: Any = "auto",
+def validate(bundle: Any, *, target: str = "onnxruntime", precision: str | None = None, reference: Any = "auto",
              checkpoint: str | Path | None = None, gate_overrides: Mapping[str, Mapping[str, float]] | None = None,
              gate_precision: str | None = None, threads: int = 0,
              conditioning: Mapping[str, Any] | None = None, baseline: str | Path | Mapping[str, Any] | None = None,
@@ -230,12 +253,17 @@ def validate(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32
     ``doc["timings"]`` holds each stage's seconds, which ``progress`` is told as they run.
     A bf16/fp16 run calibrates its per-call gates on the PyTorch model the first time (stored in
     ``BUNDLE/calibration/``); without a model here and nothing stored, the default gates are used
-    and ``doc["notes"]`` says so.
+    and ``doc["notes"]`` says so. With a per-graph plan (``"encoder=int8,denoiser=fp32"``) each graph
+    is judged by its own precision's gates (int8 per call by step band) and the sampler by the
+    loosest; ``doc["fidelity"]`` holds the final samples' fidelity against the fp32 reference and,
+    when more than one graph is reduced, that of each graph reduced alone (swap runs).
     """
     from dualrate.validation.validate import ValidateOptions
     from dualrate.validation.validate import validate as run_layers
 
     model = None if isinstance(reference, str) else reference      # a DualRateModel (no torch import needed here)
+    bundle = _bundle(bundle)
+    precision = _default_precision(bundle, target, precision)
     opts = ValidateOptions(target=target, precision=precision, reference="torch" if model else reference,
                            checkpoint=None if checkpoint is None else Path(checkpoint), gate_precision=gate_precision,
                            gate_overrides={k: dict(v) for k, v in (gate_overrides or {}).items()}, threads=threads,
@@ -260,23 +288,64 @@ def validate(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32
     return ValidationReport(doc, arrays)
 
 
-def bench(bundle: Any, *, target: str = "onnxruntime", precision: str = "fp32", batch: int = 4, repeats: int = 3,
+def bench(bundle: Any, *, target: str = "onnxruntime", precision: str | None = None, batch: int = 4, repeats: int = 3,
           threads: int = 0, seed: int = 0, model: Any = None, checkpoint: str | Path | None = None,
-          single_rate: bool = True, torch_eager: bool = True,
+          single_rate: bool = True, torch_eager: bool = True, torch_compile: bool = True, backend_fp32: bool = True,
+          benchmark_app: bool = True, benchmark_app_seconds: float = 10.0,
           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Per-graph latency, dual- vs single-rate, the FLOP bound and torch eager, measured side by side.
+    """Per-graph latency, dual- vs single-rate, the FLOP bound and the PyTorch peers, measured side by side.
 
-    ``model`` is the bundle's PyTorch model for a bundle exported from Python (its FLOPs and the
-    eager reference); a checkpoint bundle finds its own. Returns the results document
-    (``docs/benchmarks.md`` lists its keys).
+    The peers run at the backend's precision: PyTorch eager and ``torch.compile`` (fp32, or bf16/fp16
+    autocast); an int8 or mixed plan is compared with the same backend at fp32 (``backend_fp32``).
+    On OpenVINO, ``benchmark_app`` runs on the same IR as a cross-check. ``model`` is the bundle's
+    PyTorch model for a bundle exported from Python (its FLOPs and the peers); a checkpoint bundle
+    finds its own. Returns the results document (``docs/benchmarks.md`` lists its keys).
     """
     from dualrate.validation.bench import BenchOptions
     from dualrate.validation.bench import bench as run_bench
 
-    opts = BenchOptions(target=target, precision=precision, batch=batch, repeats=repeats, threads=threads,
+    bundle = _bundle(bundle)
+    opts = BenchOptions(target=target, precision=_default_precision(bundle, target, precision), batch=batch,
+                        repeats=repeats, threads=threads,
                         seed=seed, checkpoint=None if checkpoint is None else Path(checkpoint),
-                        single_rate=single_rate, torch_eager=torch_eager, model=model)
+                        single_rate=single_rate, torch_eager=torch_eager, torch_compile=torch_compile,
+                        backend_fp32=backend_fp32, benchmark_app=benchmark_app,
+                        benchmark_app_seconds=benchmark_app_seconds, model=model)
     return run_bench(_bundle(bundle).path, opts, progress=progress or (lambda _: None))
 
 
-__all__ = ["bench", "ValidationReport", "compile", "export", "open_runner", "sample", "sampler_options", "validate"]
+def tune(bundle: Any, output: str | Path, *, target: str = "openvino", budget: str = "final_psnr=30",
+         scorer: Any = None, plans: Sequence[str] | None = None, every: Sequence[int] | None = None,
+         thresholds: Sequence[float] | None = None, batch: int = 2, repeats: int = 3, seed: int = 0,
+         max_plans: int = 24, threads: int = 0, model: Any = None, checkpoint: str | Path | None = None,
+         validate: bool = True, validate_tries: int = 3, report: str | Path | None = None, force: bool = False,
+         progress: Callable[[str], None] | None = None):
+    """The fastest refresh schedule x per-graph precision plan within a fidelity ``budget`` on ``target``,
+    written as a new bundle at ``output`` that runs the plan by default there (``validation.tune``).
+
+    ``budget``: ``final_psnr=DB`` (at least), ``rel_l2=X`` (at most) or ``cosine=C`` of the final
+    samples against the fp32 every-step sampler on the same backend (same noise and conditioning),
+    or ``NAME=V`` with ``scorer``: ``fn(samples, reference) -> float`` (higher is better), or a
+    ``dualrate.validation.tune_space.Scorer`` that says which way it points. ``plans`` (plan texts),
+    ``every`` (K values) and ``thresholds`` (calibrated refresh) narrow the search; ``max_plans``
+    caps the candidates measured. ``model`` is the bundle's DualRateModel where it was exported from
+    Python. ``report``: a folder for ``tune.json`` and ``tune.html`` (the Pareto front).
+    A written bundle that fails ``validate`` is removed and the next-fastest plan within the budget is
+    written instead, up to ``validate_tries`` bundles. Returns a ``TuneResult``: ``.met``, ``.chosen``,
+    ``.bundle``, ``.doc``, ``.exit_code``; when nothing within the budget exists or validates, ``met``
+    is False and no bundle is left.
+    """
+    from dualrate.validation.tune import TuneOptions
+    from dualrate.validation.tune import tune as run_tune
+
+    opts = TuneOptions(target=target, budget=budget, scorer=scorer, plans=None if plans is None else list(plans),
+                       every=None if every is None else list(every),
+                       thresholds=None if thresholds is None else list(thresholds), batch=batch, repeats=repeats,
+                       seed=seed, max_plans=max_plans, threads=threads, model=model,
+                       checkpoint=None if checkpoint is None else Path(checkpoint), validate=validate,
+                       validate_tries=validate_tries)
+    return run_tune(_bundle(bundle).path, output, opts, report=report, force=force, progress=progress)
+
+
+__all__ = ["bench", "ValidationReport", "compile", "export", "open_runner", "sample", "sampler_options", "tune",
+           "validate"]

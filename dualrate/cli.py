@@ -14,8 +14,8 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .commands import (add_bench_command, add_doctor_command, add_export_commands, add_golden_command,
-                       add_model_commands, add_report_command, add_sample_command, add_spec_commands,
-                       add_validate_command)
+                       add_model_commands, add_report_command, add_sample_command, add_serve_command,
+                       add_spec_commands, add_tune_command, add_validate_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_golden_command(sub)
     add_doctor_command(sub)
     add_bench_command(sub)
-    __import__("dualrate.commands.serve_cmd", fromlist=["add_serve_command"]).add_serve_command(sub)
+    add_serve_command(sub)
+    add_tune_command(sub)
     return parser
 
 

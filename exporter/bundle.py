@@ -9,7 +9,8 @@ Layout::
     decoder.onnx      only for a model with a decoder (a VAE decoder, say)
     conditioning/<name>.null.npy   stored null conditioning (an empty-prompt embedding, say)
     golden/*.npz      reference vectors (read with allow_pickle=False)
-    targets/<backend>-<precision>/   compiled artifacts, each with its own compile.json
+    targets/<backend>-<plan>/   compiled artifacts, each with its own compile.json (<plan>: ``int8``,
+                                ``encoder-int8.denoiser-fp32``: ``PrecisionPlan.name``)
     calibration/<precision>.npz + .json   reduced-precision gate calibration, computed when first needed
 
 Opening a bundle verifies every hash; a changed, missing or extra file is a
@@ -134,8 +135,10 @@ class Bundle:
     def golden_names(self) -> list[str]:
         return sorted(p.stem for p in (self.path / "golden").glob("*.npz"))
 
-    def target_dir(self, backend: str, precision: str) -> Path:
-        return self.path / TARGETS_DIR / f"{backend}-{precision}"
+    def target_dir(self, backend: str, precision: Any) -> Path:
+        """The compile cache folder of ``backend`` at ``precision`` (a precision, a plan's ``name``, or a
+        ``PrecisionPlan``)."""
+        return self.path / TARGETS_DIR / f"{backend}-{getattr(precision, 'name', precision)}"
 
 
 def open_bundle(path: str | Path) -> Bundle:

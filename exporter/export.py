@@ -15,8 +15,6 @@ import torch
 
 from .bundle import SPEC, write_manifest
 from .errors import BadInputError
-from .fp32_floor import FLOOR_NAME
-from .fp32_floor import measure as measure_floor
 from .golden import capture, write_golden
 from .sampling import graph_rows
 from .model_pair import DualRateModel, describe
@@ -94,9 +92,8 @@ def _build(model: DualRateModel, root: Path, opts: ExportOptions, source: dict, 
     with stages("reference", "reference trajectories on PyTorch",
                 total=(len(opts.golden_seeds) + 1) * spec.sampler.num_steps) as step:
         vectors = capture(runner, spec, opts.golden_seeds, batch, nulls, examples=examples, on_step=lambda _: step())
-    # the model's own fp32 error (float32 vs float64 on the recorded inputs): the default fp32 gates
-    with stages("fp32_floor", "measuring the reference's own fp32 error (float64 pass)"):
-        vectors[FLOOR_NAME] = measure_floor(model, spec, vectors, nulls)
+    # (the model's own fp32 error, a float64 pass, is not measured here: precision_calibration
+    # computes it when an fp32 validate first needs it, or export_bundle when asked for)
     bound = dict(runner.bound)
     external = {}
     # Compressing the golden vectors (zlib, outside the GIL) overlaps the tracing, which is

@@ -20,8 +20,13 @@ class ExportOptions:
     external_data: bool | None = None        # None: decide by weight size
     golden_seeds: tuple[int, ...] = (0, 1)
     golden_batch: int = 2
+    # target -> precision plan text (``dualrate tune``'s choice): what compile/sample/validate/bench
+    # of the bundle use on that target when no precision is given (``exporter.precision_default``)
+    precision_plan: dict[str, str] | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["golden_seeds"] = list(self.golden_seeds)
+        if self.precision_plan is None:        # bundles without one keep their manifest byte for byte
+            del d["precision_plan"]
         return d

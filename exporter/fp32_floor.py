@@ -5,7 +5,11 @@ arithmetic *for this model*: an honest fp32 backend (another summation order, ot
 lands within a small multiple of it, while a silently wrong export (one weight tensor off by
 1e-3) lands far above it. ``validation.gates.floor_gates`` turns it into the default fp32 gates.
 
-Stored as ``golden/fp32_floor.npz`` (part of the hashed bundle), float64 scalars keyed
+It costs a float64 PyTorch pass (no fast CPU kernels: for small-32 more than the three float32
+reference trajectories of the export), so it is computed when first needed, once per bundle, and
+stored by ``precision_calibration`` as ``calibration/fp32.npz`` (kind ``fp32``; outside the hashed
+payload, verified against its record). Bundles exported between issue 12 and that change hold it
+in the hashed ``golden/fp32_floor.npz``, which is still read. Float64 scalars keyed
 ``<graph>/<output>/<metric>``:
 
 * per graph output, over the recorded calls of ``<graph>_io``: ``rel_l2`` (all calls together,
@@ -16,13 +20,13 @@ Stored as ``golden/fp32_floor.npz`` (part of the hashed bundle), float64 scalars
   ``sampler/drift/rel_l2``: the largest per-step state difference of that replay;
 * ``decoder/decoded_final/...``: the decoded final samples, where the model has a decoder.
 
-Bundles exported before this file existed have none; they keep the default gates.
+A bundle without it (none computed yet, and no model here to compute it) keeps the default gates.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -54,11 +58,39 @@ def _psnr(a: np.ndarray, r: np.ndarray) -> float:
     return math.inf if mse == 0 else (10 * math.log10(peak ** 2 / mse) if peak > 0 else -math.inf)
 
 
+def needed_vectors(bundle: Any) -> dict[str, dict[str, np.ndarray]]:
+    """The golden vectors ``measure`` reads: every ``<graph>_io`` and the first trajectory."""
+    names = bundle.golden_names()
+    trajs = sorted(n for n in names if n.startswith("trajectory_seed"))
+    return {n: bundle.golden(n) for n in names if n.endswith("_io") or n in trajs[:1]}
+
+
+def check_values(spec: Any, values: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with stored floor ``values`` for ``spec`` (None when they are well formed):
+    known keys only, finite non-negative scalars (a PSNR may be +inf)."""
+    graphs = spec.model.graphs()
+    known = {f"{g}/{o.name}/{m}" for g, gio in graphs.items() for o in gio.outputs
+             for m in ("rel_l2", "call_rel_l2", "one_minus_cos")}
+    known |= {f"{head}/{m}" for head in ("sampler/final", "decoder/decoded_final")
+              for m in ("rel_l2", "one_minus_cos", "psnr_db")} | {"sampler/drift/rel_l2"}
+    for key, val in values.items():
+        if key in ("format", "trajectory"):
+            continue
+        arr = np.asarray(val)
+        ok = key in known and arr.shape == () and arr.dtype.kind == "f" and not np.isnan(arr) and (
+            arr >= 0 and (np.isfinite(arr) or key.endswith("psnr_db")))
+        if not ok:
+            return f"entry {key!r} is not a non-negative scalar error of one of the bundle's checks"
+    return None
+
+
 def measure(model: Any, spec: Any, vectors: dict[str, dict[str, np.ndarray]],
-            nulls: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+            nulls: dict[str, np.ndarray] | None = None, on_call: Callable[[], None] = lambda: None
+            ) -> dict[str, np.ndarray]:
     """The fp32 floor of ``model`` on the recorded ``vectors`` (what ``golden.capture`` made with
     the float32 reference): one float64 pass over each graph's recorded calls and one float64
-    replay of the first golden trajectory. Returns the arrays of ``golden/fp32_floor.npz``."""
+    replay of the first golden trajectory. ``on_call`` is called per recorded call and per replayed
+    step (progress)."""
     import torch
 
     from .sampling import ArrayNoise, sample
@@ -83,6 +115,7 @@ def measure(model: Any, spec: Any, vectors: dict[str, dict[str, np.ndarray]],
             for name, ref in outputs.items():
                 got.setdefault(name, []).append(res[name].double().numpy())
                 want.setdefault(name, []).append(ref)
+            on_call()
         for name in want:
             # here the float64 output is the truth and the recorded float32 output the approximation
             calls = [(_rel(r, a), _one_minus_cos(r, a)) for a, r in zip(got[name], want[name])]
@@ -95,7 +128,8 @@ def measure(model: Any, spec: Any, vectors: dict[str, dict[str, np.ndarray]],
     if trajs:
         traj = vectors[trajs[0]]
         noise = ArrayNoise(traj["noise"][0], traj["noise"][1:])
-        res = sample(runner, spec, trajectory_conditioning(traj), noise, nulls=nulls, record=True)
+        res = sample(runner, spec, trajectory_conditioning(traj), noise, nulls=nulls, record=True,
+                     on_step=lambda _: on_call())
         out["sampler/final/rel_l2"] = np.array(_rel(traj["final"], res.x), np.float64)
         out["sampler/final/one_minus_cos"] = np.array(_one_minus_cos(traj["final"], res.x), np.float64)
         out["sampler/final/psnr_db"] = np.array(_psnr(traj["final"], res.x), np.float64)

@@ -116,7 +116,7 @@ def _pair(enc: NetConfig, den: NetConfig, **kw: Any) -> ModelConfig:
 
 
 # Presets. The encoder is the heavy net; the denoiser keeps the topology at a
-# fraction of the width so every-step cost stays low (SAMPLER.md).
+# fraction of the width so every-step cost stays low.
 PRESETS: dict[str, ModelConfig] = {
     "tiny": _pair(
         NetConfig(widths=(16, 32), res_blocks=1, transformer_depth=1, transformer_dim=32, heads=2),
@@ -127,7 +127,7 @@ PRESETS: dict[str, ModelConfig] = {
         NetConfig(widths=(16, 32, 64), res_blocks=1, transformer_depth=1, transformer_dim=64, heads=4),
         image_size=16, in_channels=1, num_classes=10, emb_dim=128, size="digits"),
     # small-32: encoder 46.2M params, 12.6 GFLOP per sample; denoiser 9.2M params, 2.9 GFLOP
-    # (F_E / F_g = 4.3, as SAMPLER.md describes the benchmark sizes)
+    # (F_E / F_g = 4.3 at the benchmark sizes, see docs/benchmarks.md)
     "small-32": _pair(
         NetConfig(widths=(128, 256, 384), res_blocks=2, transformer_depth=5, transformer_dim=512, heads=8),
         NetConfig(widths=(80, 160, 240), res_blocks=1, transformer_depth=2, transformer_dim=256, heads=4),

@@ -1,12 +1,21 @@
-"""Reduced-precision calibration of the per-call gates: computed once per bundle, when first needed.
+"""Gate calibration on the PyTorch reference: computed once per bundle, when first needed.
 
-The PyTorch reference's own spread at a reduced precision (autocast bf16/fp16 vs float32 on the
-recorded graph inputs, per output, worst call: ``[rel_l2, 1 - cosine]`` under
-``<precision>/<graph>/<output>``) calibrates the per-call gates of that precision
-(``validation.gates.call_gates``): a step where the reference itself moves 7 % in bf16 cannot be
-held to a 3 % per-call gate. It costs a PyTorch run at that precision (slow where the CPU has no
-native fp16), so an fp32 user never pays for it: it is computed when a reduced-precision target is
-first compiled or validated where the model is available, or at export when asked for.
+Two kinds, one store:
+
+* ``bf16`` / ``fp16``: the reference's own spread at that precision (autocast vs float32 on the
+  recorded graph inputs, per output, worst call: ``[rel_l2, 1 - cosine]`` under
+  ``<precision>/<graph>/<output>``) calibrates the per-call gates of that precision
+  (``validation.gates.call_gates``): a step where the reference itself moves 7 % in bf16 cannot be
+  held to a 3 % per-call gate. It costs a PyTorch run at that precision (slow where the CPU has no
+  native fp16), so an fp32 user never pays for it.
+* ``fp32``: the reference's own fp32 error, float32 against float64 (``exporter.fp32_floor``), from
+  which the default fp32 gates are set (``validation.gates.gate_set``). float64 has no fast CPU
+  kernels (the float64 pass of small-32 took longer than its three float32 reference
+  trajectories), so it is not part of every export either.
+
+Each is computed when first needed where the model is available (a bf16/fp16 target compiled or
+validated; an fp32 validate), or at export when asked for (``--calibrate-precisions``). A tampered
+fp32 floor can only tighten the fp32 gates: they are never looser than the fixed defaults.
 
 Stored per precision outside the hashed payload, like the compile cache in ``targets/``::
 
@@ -38,21 +47,32 @@ from .bundle import CALIBRATION_DIR, Bundle, load_source_checkpoint, recorded_ch
 from .errors import BadInputError, BundleError
 
 LOW_PRECISIONS = ("bf16", "fp16")
+FLOOR = "fp32"                              # the fp32 floor's kind (``exporter.fp32_floor``)
+CALIBRATED = (FLOOR,) + LOW_PRECISIONS      # every kind this module stores
 FORMAT = "dualrate-calibration"
 FORMAT_VERSION = 1
 LEGACY_GOLDEN = "calibration"      # golden/calibration.npz of bundles exported before calibration was deferred
+LEGACY_FLOOR = "fp32_floor"        # golden/fp32_floor.npz of bundles exported before the floor was deferred
 
 ModelProvider = Callable[[], "tuple[Any, str | None]"]
 
 
-def sources(bundle: Bundle) -> dict[str, str]:
-    """The manifest hashes of what the values depend on: the spec, the graphs (and their external
-    data), the recorded graph I/O they are measured on, and the source weights."""
+def sources(bundle: Bundle, precision: str = "bf16") -> dict[str, str]:
+    """The manifest hashes of what the values depend on: the spec, the recorded graph I/O they are
+    measured on, the source weights, and the graphs (and their external data). The fp32 floor is a
+    property of the PyTorch model alone: instead of the graphs it depends on the trajectory it
+    replays and the null conditioning files, so a changed graph is judged by the gates its model
+    set, not the defaults."""
     files = bundle.manifest["files"]
     keep = {"spec.json"}
     for g in bundle.graph_names():
-        keep |= {rel for rel in files if rel == f"{g}.onnx" or rel.startswith(f"{g}.onnx.")}
+        if precision != FLOOR:
+            keep |= {rel for rel in files if rel == f"{g}.onnx" or rel.startswith(f"{g}.onnx.")}
         keep.add(f"golden/{g}_io.npz")
+    if precision == FLOOR:
+        keep |= {rel for rel in files if rel.startswith("conditioning/")}
+        trajectories = sorted(rel for rel in files if rel.startswith("golden/trajectory_seed"))
+        keep |= set(trajectories[:1])
     out = {rel: files[rel] for rel in sorted(keep) if rel in files}
     out["source_sha256"] = str((bundle.manifest.get("source") or {}).get("sha256"))
     return out
@@ -86,7 +106,7 @@ def stored(bundle: Bundle, precision: str) -> dict[str, np.ndarray] | None:
             or record.get("format_version") != FORMAT_VERSION or not isinstance(record.get("sha256"), str)):
         raise BundleError(f"bundle {bundle.path}: {rel_rec} is not a {FORMAT} record; delete {rec_path.parent} "
                           "(it is computed again where the PyTorch model is available)")
-    if record.get("sources") != sources(bundle) or record.get("precision") != precision:
+    if record.get("sources") != sources(bundle, precision) or record.get("precision") != precision:
         return None         # computed from other files (a copied directory): stale, never used
     try:
         data = npz_path.read_bytes()
@@ -118,17 +138,26 @@ def _no_links(bundle: Bundle, *paths: Path) -> None:
 
 
 def _legacy(bundle: Bundle) -> dict[str, dict[str, np.ndarray]]:
-    """Per precision, the values of a hashed ``golden/calibration.npz`` (older bundles), if any."""
-    if f"golden/{LEGACY_GOLDEN}.npz" not in bundle.manifest["files"]:
-        return {}
-    values = bundle.golden(LEGACY_GOLDEN)
+    """Per precision, the values older bundles hold in their hashed golden files, if any:
+    ``golden/calibration.npz`` (bf16/fp16) and ``golden/fp32_floor.npz``."""
+    files = bundle.manifest["files"]
     out: dict[str, dict[str, np.ndarray]] = {}
-    for key, val in values.items():
-        out.setdefault(key.split("/")[0], {})[key] = val
+    if f"golden/{LEGACY_GOLDEN}.npz" in files:
+        for key, val in bundle.golden(LEGACY_GOLDEN).items():
+            out.setdefault(key.split("/")[0], {})[key] = val
+    if f"golden/{LEGACY_FLOOR}.npz" in files:
+        out[FLOOR] = bundle.golden(LEGACY_FLOOR)
     return out
 
 
 def _check_values(bundle: Bundle, rel: str, precision: str, values: dict[str, np.ndarray]) -> None:
+    if precision == FLOOR:
+        from .fp32_floor import check_values
+
+        problem = check_values(bundle.spec, values)
+        if problem:
+            raise BundleError(f"bundle {bundle.path}: {rel} {problem}; delete {bundle.path / CALIBRATION_DIR}")
+        return
     outputs = {f"{precision}/{g}/{o.name}" for g, gio in bundle.spec.model.graphs().items() for o in gio.outputs}
     for key, val in values.items():
         if key not in outputs or np.shape(val) != (2,) or not np.all(np.isfinite(val)) or np.any(np.asarray(val) < 0):
@@ -139,11 +168,18 @@ def _check_values(bundle: Bundle, rel: str, precision: str, values: dict[str, np
 def measure(model: Any, bundle: Bundle, precision: str, on_call: Callable[[], None] = lambda: None
             ) -> dict[str, np.ndarray]:
     """PyTorch autocast at ``precision`` vs the recorded float32 outputs, on the bundle's recorded graph
-    inputs: per output, the worst call's ``[rel_l2, 1 - cosine]``."""
+    inputs: per output, the worst call's ``[rel_l2, 1 - cosine]``. For ``fp32``: the fp32 floor
+    (float64 on the same inputs, and one float64 replay of the first golden trajectory)."""
     import torch
 
     from .golden import graph_calls
     from .torch_runner import TorchReferenceRunner
+
+    if precision == FLOOR:
+        from . import fp32_floor
+
+        return fp32_floor.measure(model, bundle.spec, fp32_floor.needed_vectors(bundle), bundle.nulls(),
+                                  on_call=on_call)
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     runner = TorchReferenceRunner(model, bundle.spec)
@@ -171,12 +207,16 @@ def measure(model: Any, bundle: Bundle, precision: str, on_call: Callable[[], No
     return out
 
 
-def graph_call_count(bundle: Bundle) -> int:
-    """How many recorded calls ``measure`` runs (the progress total)."""
+def graph_call_count(bundle: Bundle, precision: str = "bf16") -> int:
+    """How many calls ``measure`` runs (the progress total): the recorded calls, and for the fp32
+    floor also the steps of the replayed trajectory."""
     from .golden import graph_calls
 
     golden = set(bundle.golden_names())
-    return sum(len(graph_calls(bundle.golden(f"{g}_io"))) for g in bundle.graph_names() if f"{g}_io" in golden)
+    calls = sum(len(graph_calls(bundle.golden(f"{g}_io"))) for g in bundle.graph_names() if f"{g}_io" in golden)
+    if precision == FLOOR and any(n.startswith("trajectory_seed") for n in golden):
+        calls += bundle.spec.sampler.num_steps
+    return calls
 
 
 def write(bundle: Bundle, precision: str, values: dict[str, np.ndarray]) -> Path:
@@ -191,7 +231,7 @@ def write(bundle: Bundle, precision: str, values: dict[str, np.ndarray]) -> Path
     data = buf.getvalue()
     atomic_write_bytes(npz_path, data)
     record = {"format": FORMAT, "format_version": FORMAT_VERSION, "precision": precision,
-              "file": npz_path.name, "sha256": hashlib.sha256(data).hexdigest(), "sources": sources(bundle),
+              "file": npz_path.name, "sha256": hashlib.sha256(data).hexdigest(), "sources": sources(bundle, precision),
               "versions": _versions()}
     atomic_write_bytes(rec_path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
     return npz_path
@@ -259,7 +299,7 @@ def ensure(bundle: Bundle, precision: str, model: Any = None, provider: ModelPro
     else None. ``model`` is the bundle's DualRateModel (already verified), or ``provider`` returns
     ``(model, reason)`` and is called only when nothing is stored. Returns the values and what happened
     (``{"precision", "status": stored | computed | uncalibrated, "reason"?, "path"?}``)."""
-    if precision not in LOW_PRECISIONS:
+    if precision not in CALIBRATED:
         return None, {"precision": precision, "status": "not_needed"}
     values = stored(bundle, precision)
     if values is not None:
@@ -275,8 +315,9 @@ def ensure(bundle: Bundle, precision: str, model: Any = None, provider: ModelPro
         from .progress import Stages
 
         stages = stages or Stages()
-        with stages(f"calibrate_{precision}", f"calibrating {precision} gates on PyTorch autocast",
-                    total=graph_call_count(bundle)) as advance:
+        label = ("measuring the reference's own fp32 error (float64 pass)" if precision == FLOOR
+                 else f"calibrating {precision} gates on PyTorch autocast")
+        with stages(f"calibrate_{precision}", label, total=graph_call_count(bundle, precision)) as advance:
             values = measure(found, bundle, precision, on_call=advance)
             path = write(bundle, precision, values)
     return values, {"precision": precision, "status": "computed", "path": str(path)}
@@ -284,8 +325,8 @@ def ensure(bundle: Bundle, precision: str, model: Any = None, provider: ModelPro
 
 def _where(bundle: Bundle, precision: str) -> Path:
     if precision in _legacy(bundle):
-        return bundle.path / "golden" / f"{LEGACY_GOLDEN}.npz"
+        return bundle.path / "golden" / f"{LEGACY_FLOOR if precision == FLOOR else LEGACY_GOLDEN}.npz"
     return values_path(bundle, precision)
 
 
-__all__ = ["LOW_PRECISIONS", "ensure", "measure", "model_from", "sources", "stored", "write"]
+__all__ = ["CALIBRATED", "FLOOR", "LOW_PRECISIONS", "ensure", "measure", "model_from", "sources", "stored", "write"]

@@ -2,7 +2,7 @@
 
 lambda(t) is the log signal-to-noise ratio; alpha^2 = sigmoid(lambda) and
 sigma^2 = sigmoid(-lambda). Tables are computed in float64; differences near
-t -> 0 use log1p/expm1 forms rather than 1 - alphabar (SAMPLER.md). The discrete
+t -> 0 use log1p/expm1 forms rather than 1 - alphabar (cancellation near alphabar = 1). The discrete
 (diffusers) betas and alphabar are the exception: float32 tables reproduced bit
 for bit from torch's CPU arithmetic, because models were trained on those values.
 """

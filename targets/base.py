@@ -3,12 +3,15 @@
 A backend module provides a ``Target`` subclass with
 
 * ``available()`` -> reason string or None (cheap; imports the runtime lazily);
-* ``compile_into(bundle, precision, out_dir)`` -> compile record fields (writes artifacts);
+* ``compile_into(bundle, plan, out_dir, **options)`` -> compile record fields (writes artifacts);
+  ``plan`` is a ``PrecisionPlan`` (``targets/precision_plan.py``): the precision of each graph;
 * ``open_runner(bundle, compiled)`` -> a runner implementing the contract of
   ``dualrate.exporter.runner`` (a ``BaseRunner`` subclass: inputs by name, one error wrapper).
 
-Compiled artifacts live in ``BUNDLE/targets/<backend>-<precision>/`` with a
-``compile.json`` recording requested and effective precision, runtime version,
+Compiled artifacts live in ``BUNDLE/targets/<backend>-<plan name>/`` (``onnxruntime-int8``,
+``openvino-encoder-int8.denoiser-fp32``) with a ``compile.json`` recording the requested
+precision (the plan's text), the effective precision of each graph (``graph_precisions``) and their
+summary (``effective_precision``), runtime version,
 device, options, the hashes of the source graphs and of every artifact. A cache
 whose sources or runtime version changed is rebuilt; one whose artifacts changed
 is an error (it may have been tampered with).
@@ -29,6 +32,8 @@ from dualrate.exporter.bundle import Bundle, sha256_file
 from dualrate.exporter.errors import BackendUnavailableError, BadInputError, BundleError, DualrateError
 from dualrate.exporter.runner import first_line
 
+from .precision_plan import PrecisionPlan, parse_plan
+
 COMPILE_RECORD = "compile.json"
 BACKENDS = {"onnxruntime": "dualrate.targets.onnxrt", "openvino": "dualrate.targets.openvino_backend",
             "coreml": "dualrate.targets.coreml_backend", "tensorrt": "dualrate.targets.trt_backend"}
@@ -46,7 +51,17 @@ class Compiled:
 
     @property
     def effective_precision(self) -> str:
+        """The precision every graph really computes in, or for a mixed plan its per-graph text
+        (``encoder=int8,denoiser=fp32``)."""
         return self.record["effective_precision"]
+
+    @property
+    def graph_precisions(self) -> dict[str, str]:
+        """Effective precision of each graph (records written before plans existed: the uniform one)."""
+        got = self.record.get("graph_precisions")
+        if got:
+            return dict(got)
+        return {g: self.record["effective_precision"] for g in self.record.get("sources", {})}
 
 
 class Target:
@@ -62,9 +77,10 @@ class Target:
     def runtime_version(self) -> str:
         raise NotImplementedError
 
-    def compile_into(self, bundle: Bundle, precision: str, out: Path, **options: Any) -> dict[str, Any]:
-        """Write artifacts into ``out``; return compile-record fields, at least
-        ``effective_precision`` (what the runtime will really compute in) and ``device``."""
+    def compile_into(self, bundle: Bundle, plan: PrecisionPlan, out: Path, **options: Any) -> dict[str, Any]:
+        """Write artifacts into ``out`` with each graph at ``plan.for_graph(graph)``; return compile-record
+        fields, at least ``device`` and either ``graph_precisions`` (graph -> what the runtime will really
+        compute it in) or, where every graph computes in one precision, ``effective_precision``."""
         raise NotImplementedError
 
     def open_runner(self, bundle: Bundle, compiled: Compiled, **options: Any):
@@ -87,50 +103,64 @@ class Target:
         if reason:
             raise BackendUnavailableError(f"target {self.name} is not usable here: {reason}")
 
-    def check_precision(self, precision: str) -> None:
-        if precision not in self.precisions:
-            raise BadInputError(f"target {self.name} supports precision {', '.join(self.precisions)}; "
-                                f"{precision!r} was requested")
+    def check_precision(self, precision: "str | PrecisionPlan | dict[str, str]") -> None:
+        """Refuse a precision or plan this backend cannot compile before a bundle is at hand (the graphs a
+        plan names are checked against the bundle by ``plan``)."""
+        parse_plan(precision, _named_graphs(precision), allowed=self.precisions, target=self.name)
 
-    def compile(self, bundle: Bundle, precision: str = "fp32", force: bool = False, **options: Any) -> Compiled:
+    def plan(self, bundle: Bundle, precision: "str | PrecisionPlan | dict[str, str]") -> PrecisionPlan:
+        """The precision plan ``precision`` (``int8``, ``encoder=int8,denoiser=fp32`` or a dict) over the
+        bundle's graphs; ``BadInputError`` for a precision this backend lacks or a graph the bundle lacks."""
+        return parse_plan(precision, bundle.graph_names(), allowed=self.precisions, target=self.name)
+
+    def compile(self, bundle: Bundle, precision: "str | PrecisionPlan | dict[str, str]" = "fp32", force: bool = False,
+                **options: Any) -> Compiled:
         """Return the cached compile if it is current, else build it (atomically)."""
         self.require()
-        self.check_precision(precision)
-        out = bundle.target_dir(self.name, precision)
+        plan = self.plan(bundle, precision)
+        out = bundle.target_dir(self.name, plan.name)
         # options are part of the cache key: other options rebuild instead of reusing
         key_options = self.key_options(options)
         if not force:
-            cached = self._cached(bundle, precision, out, key_options)
+            cached = self._cached(bundle, plan, out, key_options)
             if cached is not None:
                 return cached
         # a concurrent compile of the same bundle may finish first: keep its (equivalent) result
         with atomic_directory(out, force=True, keep_existing=None if force else (
-                lambda: self._cached(bundle, precision, out, key_options) is not None)) as tmp:
-            fields = self.compile_into(bundle, precision, tmp, **options)
-            record = {"backend": self.name, "requested_precision": precision,
+                lambda: self._cached(bundle, plan, out, key_options) is not None)) as tmp:
+            fields = self.compile_into(bundle, plan, tmp, **options)
+            graph_precisions = fields.pop("graph_precisions", None) or {
+                g: fields["effective_precision"] for g in bundle.graph_names()}
+            record = {"backend": self.name, "requested_precision": plan.text,
                       "runtime_version": self.runtime_version(), "machine": platform.machine(),
                       "sources": {g: bundle.file_hash(f"{g}.onnx") for g in bundle.graph_names()},
-                      "compile_options": key_options, "cache_key": self.cache_key(), **fields}
+                      "compile_options": key_options, "cache_key": self.cache_key(), **fields,
+                      "graph_precisions": graph_precisions,
+                      "effective_precision": effective_summary(bundle.graph_names(), graph_precisions)}
             record["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p)
                                for p in sorted(tmp.rglob("*")) if p.is_file()}
             (tmp / COMPILE_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-        return self._cached(bundle, precision, out, key_options) or Compiled(out, record)
+        return self._cached(bundle, plan, out, key_options) or Compiled(out, record)
 
     def key_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """The options that decide the artifacts (the compile cache key, recorded in compile.json)."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(options.items()) if v is not None}
 
     def cache_key(self) -> dict[str, Any]:
-        """What else invalidates a compile (a converter's torch version, the CPU, ...)."""
-        return {"machine": platform.machine()}
+        """What else invalidates a compile (a converter's torch version, the CPU, dualrate itself:
+        its quantizers and conversion code decide the artifacts as much as the runtime does)."""
+        from dualrate.exporter.version import __version__
 
-    def _cached(self, bundle: Bundle, precision: str, out: Path, options: dict[str, Any]) -> Compiled | None:
+        return {"machine": platform.machine(), "dualrate": __version__}
+
+    def _cached(self, bundle: Bundle, plan: PrecisionPlan, out: Path, options: dict[str, Any]) -> Compiled | None:
         try:
             record = json.loads((out / COMPILE_RECORD).read_text())
         except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             return None
         sources = {g: bundle.file_hash(f"{g}.onnx") for g in bundle.graph_names()}
         if (record.get("sources") != sources or record.get("runtime_version") != self.runtime_version()
+                or record.get("requested_precision", plan.text) != plan.text
                 or record.get("compile_options", {}) != json.loads(json.dumps(options))
                 or record.get("cache_key") != json.loads(json.dumps(self.cache_key()))):
             return None          # stale: the bundle, runtime, options or machine changed; rebuild
@@ -140,6 +170,21 @@ class Target:
                 raise BundleError(f"compiled target {out} has a changed or missing file {rel}; "
                                   f"delete {out} or run `dualrate compile --force`")
         return Compiled(out, record)
+
+
+def effective_summary(graphs: list[str], graph_precisions: dict[str, str]) -> str:
+    """One string for the record's ``effective_precision``: the precision when every graph computes in it,
+    else the plan-style text of the per-graph precisions (``encoder=int8,denoiser=fp32``)."""
+    return PrecisionPlan(tuple((g, graph_precisions[g]) for g in graphs)).text
+
+
+def _named_graphs(precision: "str | PrecisionPlan | dict[str, str]") -> list[str]:
+    """The graphs a plan names (a uniform precision names none: any graph list will do)."""
+    if isinstance(precision, PrecisionPlan):
+        return [g for g, _ in precision.graphs]
+    if isinstance(precision, dict):
+        return [str(g) for g in precision]
+    return [part.partition("=")[0].strip() for part in str(precision).split(",") if "=" in part] or ["encoder"]
 
 
 @contextlib.contextmanager
@@ -192,5 +237,5 @@ class UnavailableTarget(Target):
     def runtime_version(self) -> str:
         return "-"
 
-    def check_precision(self, precision: str) -> None:
+    def check_precision(self, precision: Any) -> None:
         """Which precisions the backend takes is unknown without its module: availability decides first."""

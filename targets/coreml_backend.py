@@ -11,7 +11,10 @@ Capture goes through ``torch.export`` first and falls back to ``torch.jit.trace`
 (each fails on different layers); the batch axis becomes ``ct.EnumeratedShapes``
 (several such inputs need iOS 18 / macOS 15), or the bundle's static batch. fp16 is
 preceded by a PyTorch range check on the golden inputs, and keeps the sin/cos
-arguments in fp32.
+arguments in fp32. Each graph compiles at its own precision of the plan: ``int8-weights`` and
+``palettize4/6/8`` compress the fp32 program's weights, ``int8`` also quantizes activations
+(``coreml_quantize``; int8 calibrates by predicting, so macOS only). Packages are saved with
+content-derived bytes (``save_package``): the same compile gives the same files.
 
 Core ML predicts only on macOS. Elsewhere the packages are converted, saved and
 inspected (``structural_checks``); numeric parity is reported as not run.
@@ -23,9 +26,12 @@ import contextlib
 import copy
 import inspect
 import io
+import json
 import logging
 import platform
 import re
+import tempfile
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -43,6 +49,10 @@ from dualrate.exporter.runner import BaseRunner
 from dualrate.exporter.spec import GraphIO, Spec
 
 from .base import Compiled, Target
+from .coreml_quantize import (ACTIVATION_PRECISIONS, ACTIVATION_QUANT_OPS, ALL_CONSTEXPR_OPS,
+                              COMPRESSED_PRECISIONS, check_sensitive, compress, compression_checks,
+                              compression_inventory, package_sizes)
+from .precision_plan import PrecisionPlan
 
 DEFAULT_SAMPLE_BATCHES = (1, 2, 4, 8)     # samples per sampler call; rows double under batched guidance
 PATHS = {"export": "torch.export", "trace": "torch.jit.trace"}
@@ -350,6 +360,88 @@ def convert_graph(module: Any, example: Sequence[Any], io_spec: GraphIO, rows: S
                         + ". Compile this bundle for another target, or simplify the failing layer")
 
 
+def save_package(mlmodel: Any, path: Path) -> None:
+    """Save ``mlmodel`` as an .mlpackage whose bytes depend only on its content.
+
+    coremltools writes the specification with protobuf's default serialization (map entries in hash
+    order, which differs between processes) and names the package items with random UUIDs; the same
+    program would give other bytes on every compile. The spec is rewritten with deterministic
+    serialization and the item identifiers are derived from the item paths.
+    """
+    from coremltools.proto import Model_pb2
+
+    mlmodel.save(str(path))
+    manifest_path = path / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    ids = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, f"dualrate:{item['path']}"))
+           for old, item in manifest["itemInfoEntries"].items()}
+    manifest["itemInfoEntries"] = {ids[k]: v for k, v in manifest["itemInfoEntries"].items()}
+    manifest["rootModelIdentifier"] = ids[manifest["rootModelIdentifier"]]
+    # in the layout coremltools itself writes: opening the package rewrites any other (and the cache
+    # would then fail its own hash check)
+    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
+    spec_path = path / "Data" / manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]["path"]
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+
+
+def coreml_feeds(gio: GraphIO, names: Mapping[str, str], feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Feeds by spec name -> what a package takes: its names (``coreml_names``), integers as int32
+    (Core ML has no int64), floats as float32."""
+    typed = {}
+    for t in gio.inputs:
+        want = np.int32 if t.dtype.startswith("int") else np.float32
+        typed[names[t.name]] = np.ascontiguousarray(np.asarray(feeds[t.name]).astype(want, copy=False))
+    return typed
+
+
+def compress_graph(mlmodel: Any, precision: str, io_spec: GraphIO,
+                   samples: Sequence[Mapping[str, np.ndarray]] | None = None,
+                   sensitive: str = "float") -> tuple[Any, dict[str, Any]]:
+    """A converted fp32 program compressed to ``precision`` (``coreml_quantize.compress``, ``sensitive`` its
+    choice for the sensitive layers), and its record with the size of the float package it came from
+    (what the size check compares with). ``samples`` (int8 only): calibration inputs by package name
+    (``calibration_samples_of``)."""
+    ct = _ct()
+    program = mlmodel._mil_program             # the float layers are found on the converted MIL program
+    names = coreml_names(io_spec)
+    with tempfile.TemporaryDirectory(prefix="dualrate-coreml-") as tmp:
+        path = Path(tmp) / "float.mlpackage"
+        with _quiet():
+            save_package(mlmodel, path)
+        sizes = package_sizes(path)
+        if precision in ACTIVATION_PRECISIONS:
+            mlmodel = ct.models.MLModel(str(path))          # loaded: calibration predicts with it (macOS)
+        mlmodel, info = compress(mlmodel, precision, io_spec, names, samples, program=program, sensitive=sensitive)
+    info.update(float_package_bytes=sizes["package_bytes"], float_weight_bytes=sizes["weight_bytes"])
+    return mlmodel, info
+
+
+def calibration_samples_of(bundle: Bundle, graph: str, programs: Mapping[str, Any], out: Path,
+                        options: Any) -> list[dict[str, np.ndarray]]:
+    """int8 calibration inputs of ``graph`` by package name, recorded from the bundle's own two-rate sampler
+    (``int8_calibration.collect``) run on Core ML (macOS) over the graphs as this compile makes them: the
+    packages already in ``out`` (a quantized encoder feeds the denoiser the stale features it will really
+    see) and the float ``programs`` for the rest."""
+    from dualrate.exporter import int8_calibration
+
+    gio = bundle.spec.model.graphs()[graph]
+    with tempfile.TemporaryDirectory(prefix="dualrate-coreml-calib-") as tmp:
+        packages = {}
+        for g, program in programs.items():
+            packages[g] = out / f"{g}.mlpackage"
+            if not packages[g].exists():
+                packages[g] = Path(tmp) / f"{g}.mlpackage"
+                with _quiet():
+                    save_package(program, packages[g])
+        runner = CoreMLRunner(bundle.spec, packages)
+        feeds = int8_calibration.collect(runner, bundle.spec, bundle.nulls(), graph, options)
+        del runner
+    names = coreml_names(gio)
+    return [coreml_feeds(gio, names, f) for f in feeds]
+
+
 # -- inspecting a package ----------------------------------------------------------
 def _mil_ops(block: Any) -> Iterator[Any]:
     for op in block.operations:
@@ -398,7 +490,8 @@ def inspect_package(path: Path) -> dict[str, Any]:
             x = op.inputs["x"].arguments[0].name
             trig_inputs.append(MIL_pb2.DataType.Name(produced[x].tensorType.dataType) if x in produced else "?")
     out.update(opset=fn.opset, ops=ops, dtypes=dtypes, trig_input_dtypes=trig_inputs,
-               output_dims={n: _dims(produced[n]) for n in block.outputs if n in produced})
+               output_dims={n: _dims(produced[n]) for n in block.outputs if n in produced},
+               compression=compression_inventory(_mil_ops(block)), sizes=package_sizes(path))
     return out
 
 
@@ -406,7 +499,7 @@ def inspect_package(path: Path) -> dict[str, Any]:
 class CoreMLTarget(Target):
     name = "coreml"
     converts_from_model = True
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", "int8", "int8-weights", "palettize4", "palettize6", "palettize8")
     extra = "coreml"
 
     def available(self) -> str | None:
@@ -431,6 +524,17 @@ class CoreMLTarget(Target):
                     "pip install --force-reinstall coremltools")
         return None
 
+    def check_activation_quantization(self, plan: PrecisionPlan) -> None:
+        """int8 activations are calibrated by predicting with the float model: refuse (exit 3) where Core ML
+        cannot predict, before anything is converted."""
+        wanted = [g for g, p in plan.graphs if p in ACTIVATION_PRECISIONS]
+        reason = self.numeric_unavailable() if wanted else None
+        if reason:
+            raise BackendUnavailableError(
+                f"Core ML int8 (weights and activations) for {', '.join(wanted)} is not available here: coremltools "
+                f"calibrates activation ranges by running the float model on sample inputs "
+                f"(linear_quantize_activations), and {reason}. int8-weights and palettize4/6/8 compile here")
+
     def cache_key(self) -> dict[str, Any]:
         import torch
         # conversion starts from the torch modules, so the torch version is part of what was compiled
@@ -449,18 +553,24 @@ class CoreMLTarget(Target):
         return super().key_options({k: v for k, v in options.items()
                                     if k not in ("model", "checkpoint", "allow_factory")})
 
-    def compile_into(self, bundle: Bundle, precision: str, out: Path, checkpoint: str | Path | None = None,
+    def compile_into(self, bundle: Bundle, plan: PrecisionPlan, out: Path, checkpoint: str | Path | None = None,
                      allow_factory: bool = False, model: DualRateModel | None = None,
                      batch_sizes: Sequence[int] | None = None, conversion_order: Sequence[str] = ("export", "trace"),
-                     allow_fp16_overflow: bool = False,
-                     minimum_deployment_target: str | None = None) -> dict[str, Any]:
-        """Convert every graph of the bundle from the model's modules.
+                     allow_fp16_overflow: bool = False, minimum_deployment_target: str | None = None,
+                     calibration_samples: int | None = None, calibration_seed: int | None = None,
+                     sensitive_layers: str = "float") -> dict[str, Any]:
+        """Convert every graph of the bundle from the model's modules, then compress each graph the plan
+        puts at a compressed precision, in graph order (an int8 denoiser is calibrated on the features
+        of the encoder as compiled here; ``calibration_*``: ``int8_calibration`` options;
+        ``sensitive_layers``: ``float`` (default) or ``compressed``, see ``coreml_quantize.compress``).
 
         The model: ``model=`` (a ``DualRateModel``; for a bundle exported from Python) or the
         source checkpoint (``checkpoint=``, default the manifest's path; ``allow_factory`` for a
         custom factory). Either must be what the bundle was exported from (sha256).
         """
         ct = _ct()
+        self.check_activation_quantization(plan)
+        check_sensitive(sensitive_layers)
         spec = bundle.spec
         pair, converted_from, source = source_model(bundle, checkpoint, allow_factory, model)
         gios = spec.model.graphs()
@@ -473,21 +583,39 @@ class CoreMLTarget(Target):
             rows = sorted(set(rows) | {int(np.shape(calls[g][0][names[g][0]])[0]) for g in modules
                                        if gios[g].inputs[0].shape[0] == "batch"})
         preflight = None
-        if precision == "fp16":
-            preflight = fp16_preflight(dict(modules), calls, names)
+        half = {g: m for g, m in modules.items() if plan.for_graph(g) == "fp16"}
+        if half:
+            preflight = fp16_preflight(half, calls, names)
             check_fp16_preflight(preflight, allow_fp16_overflow)
         conversion: dict[str, Any] = {}
+        programs: dict[str, Any] = {}
         swapped = 0
         for graph, module in modules.items():
             portable, count = portable_module(module)
             swapped += count
             example = [torch.from_numpy(np.ascontiguousarray(calls[graph][0][n])) for n in names[graph]]
-            mlmodel, info = convert_graph(portable, example, gios[graph], graph_batch_rows(gios[graph], rows),
-                                          precision, conversion_order, minimum_deployment_target)
-            mlmodel.save(str(out / f"{graph}.mlpackage"))
-            conversion[graph] = info
+            # compressed precisions start from the fp32 program: coremltools compresses its weights
+            programs[graph], conversion[graph] = convert_graph(
+                portable, example, gios[graph], graph_batch_rows(gios[graph], rows),
+                "fp16" if plan.for_graph(graph) == "fp16" else "fp32", conversion_order, minimum_deployment_target)
+        compression: dict[str, Any] = {}
+        calibration = None
+        for graph, mlmodel in programs.items():
+            precision = plan.for_graph(graph)
+            if precision in COMPRESSED_PRECISIONS:
+                samples = None
+                if precision in ACTIVATION_PRECISIONS:
+                    from dualrate.exporter.int8_calibration import options_from
+
+                    calibration = options_from(calibration_samples, calibration_seed)
+                    samples = calibration_samples_of(bundle, graph, programs, out, calibration)
+                mlmodel, compression[graph] = compress_graph(mlmodel, precision, gios[graph], samples, sensitive_layers)
+            save_package(mlmodel, out / f"{graph}.mlpackage")
+            if graph in compression:
+                compression[graph].update(package_sizes(out / f"{graph}.mlpackage"))
         system = platform.system()
-        return {"effective_precision": precision,
+        return {"graph_precisions": plan.as_dict(), "compression": compression,
+                "calibration": None if calibration is None else calibration.record("Core ML"),
                 "device": "coreml (not executed on Linux)" if system == "Linux" else f"coreml ({system})",
                 "minimum_deployment_target": conversion["encoder"]["deployment_target"],
                 "batch_rows": rows, "batch_shapes": "enumerated" if len(rows) > 1 else "static",
@@ -516,11 +644,15 @@ class CoreMLTarget(Target):
                             compute_units)
 
     def structural_checks(self, bundle: Bundle, compiled: Compiled) -> list[dict[str, Any]]:
-        """Per graph: ML program, I/O names, shapes (the enumerated batch rows), dtypes, op inventory, precision."""
+        """Per graph: ML program, I/O names, shapes (the enumerated batch rows), dtypes, op inventory, precision;
+        for a compressed graph also its compressed weights, float layers, activations and on-disk size
+        (``coreml_quantize.compression_checks``)."""
         checks: list[dict[str, Any]] = []
-        half = compiled.record["effective_precision"] == "fp16"
+        precisions = compiled.graph_precisions
         gios = bundle.spec.model.graphs()
         for graph in bundle.graph_names():
+            precision = precisions.get(graph, compiled.effective_precision)
+            half = precision == "fp16"
             io_spec = gios[graph]
             rows = graph_batch_rows(io_spec, compiled.record["batch_rows"])
             info = inspect_package(compiled.path / f"{graph}.mlpackage")
@@ -556,7 +688,9 @@ class CoreMLTarget(Target):
                         for t, f in zip((*io_spec.inputs, *io_spec.outputs), (*info["inputs"], *info["outputs"]))
                         if f["dtype"] != COREML_DTYPES.get(t.dtype)]
             check("I/O dtypes", problems, "float tensors FLOAT32; integer inputs INT32 (the runner casts)")
-            unexpected = sorted(set(info["ops"]) - KNOWN_OPS)
+            known = KNOWN_OPS | (ALL_CONSTEXPR_OPS if precision in COMPRESSED_PRECISIONS else frozenset()) | (
+                ACTIVATION_QUANT_OPS if precision in ACTIVATION_PRECISIONS else frozenset())
+            unexpected = sorted(set(info["ops"]) - known)
             inventory = ", ".join(f"{k} {v}" for k, v in sorted(info["ops"].items()))
             check("op inventory", [f"unexpected ops {unexpected} (inventory: {inventory})"] if unexpected else [],
                   inventory)
@@ -569,6 +703,10 @@ class CoreMLTarget(Target):
                 problems = [f"{fp16} fp16 tensors in an fp32 program"] if fp16 else []
             check("precision", problems, f"tensor dtypes {info['dtypes']}; {info['ops'].get('cast', 0)} casts; "
                   f"sin/cos arguments {info['trig_input_dtypes'] or 'none'}")
+            if precision in COMPRESSED_PRECISIONS:
+                record = (compiled.record.get("compression") or {}).get(graph) or {}
+                for name, problems, detail in compression_checks(precision, info["compression"], info["sizes"], record):
+                    check(name, problems, detail)
         return checks
 
 
@@ -678,12 +816,7 @@ class CoreMLRunner(BaseRunner):
 
     def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
         gio, names = self.graphs[graph], self._names[graph]
-        typed = {}
-        for t in gio.inputs:
-            value = np.asarray(feeds[t.name])
-            want = np.int32 if t.dtype.startswith("int") else np.float32
-            typed[names[t.name]] = np.ascontiguousarray(value.astype(want, copy=False))
-        out = self._models[graph].predict(typed)
+        out = self._models[graph].predict(coreml_feeds(gio, names, feeds))
         return {t.name: np.asarray(out[names[t.name]], dtype=np.float32) for t in gio.outputs}
 
 

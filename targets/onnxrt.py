@@ -1,8 +1,10 @@
 """ONNX Runtime target: optimized graphs cached in the bundle, and an IOBinding runner.
 
-Compile saves each graph after ORT's *extended* (hardware-independent) graph
+Compile saves each fp32 graph after ORT's *extended* (hardware-independent) graph
 optimizations; the runner loads those and lets ORT apply the layout-specific
-ones at session creation. Cached features never leave ORT: the encoder's
+ones at session creation. An ``int8`` / ``int8-weights`` graph of the precision plan is
+quantized by ``ort_quantize`` (static QDQ calibrated on the bundle's own sampler, or int8
+weights) and saved as ONNX Runtime's quantizer wrote it. Cached features never leave ORT: the encoder's
 outputs are bound as ``OrtValue``s and handed to the denoiser's binding as they
 are, so reusing them costs no host copy per step.
 """
@@ -10,16 +12,21 @@ are, so reusing them costs no host copy per step.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from dualrate.exporter import int8_calibration
 from dualrate.exporter.bundle import Bundle
 from dualrate.exporter.runner import BaseRunner
 from dualrate.exporter.spec import Spec
 
+from . import ort_quantize
 from .base import Compiled, Target, runtime_step
+from .int8_layers import check_sensitive
+from .precision_plan import PrecisionPlan
 
 
 def _ort():
@@ -38,7 +45,7 @@ def ort_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseExcept
 
 class OrtTarget(Target):
     name = "onnxruntime"
-    precisions = ("fp32",)
+    precisions = ("fp32", "int8", "int8-weights")
 
     def available(self) -> str | None:
         try:
@@ -50,23 +57,61 @@ class OrtTarget(Target):
     def runtime_version(self) -> str:
         return _ort().__version__
 
-    def compile_into(self, bundle: Bundle, precision: str, out: Path) -> dict[str, Any]:
+    def compile_into(self, bundle: Bundle, plan: PrecisionPlan, out: Path, calibration_samples: int | None = None,
+                     calibration_seed: int | None = None, int8_sensitive: str = "int8-weights") -> dict[str, Any]:
+        """Each graph at its plan's precision, in graph order (encoder first: an int8 denoiser is calibrated
+        on the features of the encoder as compiled here). ``calibration_*``: ``int8_calibration``;
+        ``int8_sensitive``: ``ort_quantize.quantize_static_qdq``'s ``sensitive``."""
+        check_sensitive(int8_sensitive)
+        quantized: dict[str, dict[str, Any]] = {}
+        calibration = int8_calibration.options_from(calibration_samples, calibration_seed)
+        with tempfile.TemporaryDirectory() as scratch:
+            for graph in bundle.graph_names():
+                precision = plan.for_graph(graph)
+                if precision == "fp32":
+                    self._save_optimized(bundle, graph, out / f"{graph}.onnx")
+                    continue
+                # quantize after ORT's own pre-processing only (folding, shape inference): the QDQ graph stays
+                # portable, and ORT fuses it into integer kernels when the runner loads it
+                folded = Path(scratch) / f"{graph}.onnx"
+                gio = bundle.spec.model.graphs()[graph]
+                with runtime_step("ONNX Runtime", graph, f"quantize ({precision})", (ValueError, RuntimeError,
+                                                                                      KeyError)):
+                    ort_quantize.preprocess(bundle.graph(graph), folded)
+                    # graphs compiled so far as compiled (an int8 encoder's features), the rest as exported
+                    feeds = ort_quantize.calibration_feeds(bundle, graph, {
+                        g: out / f"{g}.onnx" if (out / f"{g}.onnx").exists() else bundle.graph(g)
+                        for g in bundle.graph_names()}, calibration)
+                    if precision == "int8-weights":
+                        quantized[graph] = ort_quantize.quantize_weights(folded, out / f"{graph}.onnx", feeds, graph)
+                    else:
+                        quantized[graph] = ort_quantize.quantize_static_qdq(folded, out / f"{graph}.onnx", feeds,
+                                                                            gio, graph, int8_sensitive)
+                    quantized[graph]["sensitivity"] = ort_quantize.sensitivity(folded, out / f"{graph}.onnx", feeds)
+        record: dict[str, Any] = {"graph_precisions": plan.as_dict(), "device": "cpu",
+                                  "providers": ["CPUExecutionProvider"],
+                                  "options": {"saved_optimization_level": "extended", "run_optimization_level": "all"}}
+        if quantized:
+            record["options"]["quantized_graphs"] = "quant_pre_process (folding, shape inference), then QDQ"
+            record["quantization"] = quantized
+            record["calibration"] = calibration.record("ONNX Runtime")
+        return record
+
+    def _save_optimized(self, bundle: Bundle, graph: str, dest: Path) -> None:
+        """Save ``graph`` after ORT's extended (hardware-independent) optimizations."""
         ort = _ort()
         errors, machine = ort_errors()
-        for graph in bundle.graph_names():
-            so = ort.SessionOptions()
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-            so.optimized_model_filepath = str(out / f"{graph}.onnx")
-            if (bundle.path / f"{graph}.onnx.data").exists():
-                # large weights stay external in the optimized copy as well
-                so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                            f"{graph}.onnx.data")
-                so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                            "1024")
-            with runtime_step("ONNX Runtime", graph, "load", errors, unavailable=machine):
-                ort.InferenceSession(str(bundle.graph(graph)), so, providers=["CPUExecutionProvider"])
-        return {"effective_precision": "fp32", "device": "cpu", "providers": ["CPUExecutionProvider"],
-                "options": {"saved_optimization_level": "extended", "run_optimization_level": "all"}}
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(dest)
+        if (bundle.path / f"{graph}.onnx.data").exists():
+            # large weights stay external in the optimized copy as well
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                        f"{graph}.onnx.data")
+            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                        "1024")
+        with runtime_step("ONNX Runtime", graph, "load", errors, unavailable=machine):
+            ort.InferenceSession(str(bundle.graph(graph)), so, providers=["CPUExecutionProvider"])
 
     def open_runner(self, bundle: Bundle, compiled: Compiled, threads: int = 0, spin: bool = True) -> "OrtRunner":
         """``spin=False``: idle pool threads sleep instead of spinning (the export's parity check, which

@@ -46,12 +46,17 @@ from xml.etree import ElementTree
 
 import numpy as np
 
+from dualrate.exporter import int8_calibration
 from dualrate.exporter.bundle import Bundle
+from dualrate.exporter.int8_calibration import CalibrationOptions
 from dualrate.exporter.errors import BackendUnavailableError, BadInputError
 from dualrate.exporter.runner import BaseRunner
 from dualrate.exporter.spec import ROLE_TIME, ROLE_TIME_CTX, GraphIO, Spec
 
+from . import ov_quantize
 from .base import Compiled, Target, runtime_step
+from .int8_layers import check_sensitive, conditioning_inputs
+from .precision_plan import INT8_PRECISIONS, PrecisionPlan
 
 DEVICE = "CPU"
 INSTALL_HINT = "pip install 'dualrate[openvino]'"
@@ -223,6 +228,20 @@ def unsqueeze_as_reshape(model: Any, names: Collection[str]) -> int:
     return count
 
 
+def canonical_names(model: Any) -> int:
+    """Rename ops that carry OpenVINO's generated name (``<Type>_<n>``, n from a process-wide counter) to
+    ``<Type>_<position in the model>``: the saved IR is then the same bytes whatever was built before in the process
+    (same bundle, options and seed: byte-identical artifacts). Returns how many were renamed."""
+    count = 0
+    for i, op in enumerate(model.get_ordered_ops()):
+        # the type in the name may be the op's origin (a Constant folded from a Reshape is "Reshape_136")
+        kind, _, number = op.get_friendly_name().rpartition("_")
+        if kind.isalnum() and number.isdigit() and number != str(i):
+            op.set_friendly_name(f"{kind}_{i}")
+            count += 1
+    return count
+
+
 def _mark_precise(xml: Path, names: Collection[str]) -> None:
     """Add OpenVINO's "precise" runtime attribute (what ``ov::disable_fp16_compression`` serializes to)
     to the named IR layers; the plugins then keep them in their original precision."""
@@ -254,7 +273,7 @@ def precision_of(compiled_model: Any) -> tuple[str, str, dict[str, int]]:
 
 class OpenVinoTarget(Target):
     name = "openvino"
-    precisions = ("fp32", "bf16", "fp16")
+    precisions = ("fp32", "bf16", "fp16", "int8", "int8-weights")
     extra = "openvino"
 
     def available(self) -> str | None:
@@ -273,68 +292,150 @@ class OpenVinoTarget(Target):
     def runtime_version(self) -> str:
         return _ov().__version__
 
-    def compile_into(self, bundle: Bundle, precision: str, out: Path, threads: int = 0) -> dict[str, Any]:
-        """IR per graph; ``threads`` (0: every core) is recorded with the properties and used by the runner."""
+    def compile_into(self, bundle: Bundle, plan: PrecisionPlan, out: Path, threads: int = 0,
+                     calibration_samples: int | None = None, calibration_seed: int | None = None,
+                     int8_sensitive: str = "int8-weights") -> dict[str, Any]:
+        """IR per graph at its plan's precision, in graph order (encoder first: an int8 denoiser is calibrated
+        on the features of the encoder as compiled here); ``threads`` (0: every core) is recorded with the
+        properties and used by the runner. int8 graphs: ``ov_quantize`` (``int8_sensitive``: its
+        ``sensitive``), calibrated by ``int8_calibration`` (``calibration_*``), their float part in f32."""
         ov = _ov()
         core = _core()
-        props = cpu_properties(precision, threads)
+        check_sensitive(int8_sensitive)
+        calibration = int8_calibration.options_from(calibration_samples, calibration_seed)
         graph_io = bundle.spec.model.graphs()
         per_graph: dict[str, dict[str, Any]] = {}
+        graph_props: dict[str, dict[str, str]] = {}
+        graph_precisions: dict[str, str] = {}
         runtime = f"OpenVINO {ov.__version__.split('-')[0]}"
-        for graph in bundle.graph_names():
-            xml = out / f"{graph}.xml"
-            times = time_inputs(graph_io[graph])
-            # OpConversionFailure and friends: the bundle passed its checks at open, so the graph is at fault
-            with runtime_step(runtime, graph, "convert", (Exception,), _convert_line):
-                model = ov.convert_model(str(bundle.graph(graph)))   # reads .onnx.data beside it, if any
-            # f32 keeps everything f32 anyway: marking would only cost an IR round trip
-            keep = precision_sensitive_ops(model, times) if precision != "fp32" else set()
-            rewritten = unsqueeze_as_reshape(model, keep) if keep else 0
-            with tempfile.TemporaryDirectory(dir=out) as scratch:
-                if keep:
-                    # the Python API cannot set the attribute; its serialized IR form can be written
-                    raw = Path(scratch) / f"{graph}.xml"
-                    ov.save_model(model, str(raw), compress_to_fp16=False)
-                    _mark_precise(raw, keep)
-                    model = core.read_model(str(raw))
-                # fp16 weights only where fp16 is asked for (with an f32 hint they would still lose
-                # bits); the compression leaves the constants marked precise in f32
-                ov.save_model(model, str(xml), compress_to_fp16=precision == "fp16")
-                del model                      # drop the mapping of the scratch weights before removal
-            with runtime_step(runtime, graph, "compile", _ov_errors(), _first_line):
-                compiled = core.compile_model(core.read_model(str(xml)), DEVICE, props)   # compile what was saved
-            effective, hint, layers = precision_of(compiled)
-            per_graph[graph] = {"effective_precision": effective, "inference_precision_hint": hint,
-                                "executed_layer_precisions": layers,
-                                "time_inputs": times,
-                                "kept_f32": sorted(keep),
-                                "kept_f32_unsqueeze_as_reshape": rewritten,
-                                "kept_f32_executed": executed_precisions(compiled, only=keep),
-                                "properties_read_back": {k: _prop_str(compiled.get_property(k)) for k in _READBACK}}
-        effective = loosest(g["effective_precision"] for g in per_graph.values())
+        with tempfile.TemporaryDirectory() as fp32_irs:
+            for graph in bundle.graph_names():
+                precision = plan.for_graph(graph)
+                # an int8 graph's float part (sensitive layers, normalisation, softmax) computes in f32, not in
+                # the bf16 the plugin would pick on its own on AMX machines
+                float_precision = precision if precision in HINTS else "fp32"
+                props = cpu_properties(float_precision, threads)
+                xml = out / f"{graph}.xml"
+                times = time_inputs(graph_io[graph])
+                # OpConversionFailure and friends: the bundle passed its checks at open, so the graph is at fault
+                with runtime_step(runtime, graph, "convert", (Exception,), _convert_line):
+                    model = ov.convert_model(str(bundle.graph(graph)))   # reads .onnx.data beside it, if any
+                canonical_names(model)
+                quantization = None
+                if precision in INT8_PRECISIONS:
+                    model, quantization = self._quantize(bundle, graph, model, precision, calibration, int8_sensitive,
+                                                         out, Path(fp32_irs), graph_props, threads)
+                # f32 (and int8's float part) keeps everything f32 anyway: marking would only cost an IR round trip
+                keep = precision_sensitive_ops(model, times) if float_precision != "fp32" else set()
+                rewritten = unsqueeze_as_reshape(model, keep) if keep else 0
+                with tempfile.TemporaryDirectory(dir=out) as scratch:
+                    if keep:
+                        # the Python API cannot set the attribute; its serialized IR form can be written
+                        raw = Path(scratch) / f"{graph}.xml"
+                        ov.save_model(model, str(raw), compress_to_fp16=False)
+                        _mark_precise(raw, keep)
+                        model = core.read_model(str(raw))
+                    # fp16 weights only where fp16 is asked for (with an f32 hint they would still lose
+                    # bits); the compression leaves the constants marked precise in f32
+                    canonical_names(model)         # ops NNCF or the IR round trip added
+                    ov.save_model(model, str(xml), compress_to_fp16=precision == "fp16")
+                    del model                      # drop the mapping of the scratch weights before removal
+                with runtime_step(runtime, graph, "compile", _ov_errors(), _first_line):
+                    compiled = core.compile_model(core.read_model(str(xml)), DEVICE, props)   # compile what was saved
+                effective, hint, layers = precision_of(compiled)
+                per_graph[graph] = {"effective_precision": effective, "inference_precision_hint": hint,
+                                    "executed_layer_precisions": layers,
+                                    "time_inputs": times,
+                                    "kept_f32": sorted(keep),
+                                    "kept_f32_unsqueeze_as_reshape": rewritten,
+                                    "kept_f32_executed": executed_precisions(compiled, only=keep),
+                                    "properties_read_back": {k: _prop_str(compiled.get_property(k)) for k in _READBACK}}
+                if quantization is not None:
+                    quantization.update(ov_quantize.op_counts(core.read_model(str(xml))))
+                    per_graph[graph]["quantization"] = quantization
+                    # its float part runs in ``effective`` (f32 as asked; anything else is in the note)
+                    graph_precisions[graph] = precision
+                else:
+                    graph_precisions[graph] = effective
+                graph_props[graph] = props
+        first = bundle.graph_names()[0]
         record: dict[str, Any] = {
-            "effective_precision": effective,
+            "graph_precisions": graph_precisions,
             "device": core.get_property(DEVICE, "FULL_DEVICE_NAME"),
             "device_plugin": DEVICE,
             "optimization_capabilities": list(core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")),
-            "properties": props,
-            "weights_compressed_to_fp16": precision == "fp16",
+            "properties": graph_props[first],
+            "graph_properties": graph_props,
+            "weights_compressed_to_fp16": "fp16" in plan.precisions,
             "graphs": per_graph,
         }
-        if effective != precision:
-            hints = ", ".join(f"{g}={v['inference_precision_hint']}" for g, v in per_graph.items())
-            layers = ", ".join(f"{g}={v['executed_layer_precisions']}" for g, v in per_graph.items())
-            record["note"] = (f"requested {precision} ({HINTS[precision]}), but the {DEVICE} plugin runs {effective} "
-                              f"(read-back INFERENCE_PRECISION_HINT {hints}; executed layers {layers}); "
-                              "parity is gated on the effective precision")
+        if any(p in INT8_PRECISIONS for p in plan.precisions):
+            record["calibration"] = calibration.record("OpenVINO")
+        off = {g: v for g, v in per_graph.items() if v["effective_precision"] !=
+               (plan.for_graph(g) if plan.for_graph(g) in HINTS else "fp32")}
+        if off:
+            hints = ", ".join(f"{g}={v['inference_precision_hint']}" for g, v in off.items())
+            layers = ", ".join(f"{g}={v['executed_layer_precisions']}" for g, v in off.items())
+            if plan.uniform in HINTS:
+                asked = f"{plan.uniform} ({HINTS[plan.uniform]})"
+                runs = loosest(v["effective_precision"] for v in off.values())
+            else:
+                asked, runs = plan.text, ", ".join(f"{g} in {v['effective_precision']}" for g, v in off.items())
+            record["note"] = (f"requested {asked}, but the {DEVICE} plugin runs {runs} (read-back "
+                              f"INFERENCE_PRECISION_HINT {hints}; executed layers {layers}); parity is gated on the "
+                              "effective precision")
         return record
 
+    def _quantize(self, bundle: Bundle, graph: str, model: Any, precision: str, calibration: CalibrationOptions,
+                  sensitive: str, out: Path, fp32_irs: Path, graph_props: dict[str, dict[str, str]],
+                  threads: int) -> tuple[Any, dict[str, Any]]:
+        """``model`` at ``precision`` (int8 | int8-weights) and its record (``ov_quantize``)."""
+        if precision == "int8-weights":
+            with runtime_step("NNCF", graph, "compress the weights of", (RuntimeError, ValueError, TypeError)):
+                return ov_quantize.compress_int8(model)
+        # the sampler as the compiled bundle will run it, up to this graph: graphs compiled so far as compiled
+        # (an int8 encoder's features), the rest as fp32 IR
+        models, props = {}, {}
+        for g in bundle.graph_names():
+            if g in graph_props:
+                models[g], props[g] = out / f"{g}.xml", graph_props[g]
+            else:
+                models[g], props[g] = self._fp32_ir(bundle, g, fp32_irs), cpu_properties("fp32", threads)
+        runner = OpenVinoRunner(bundle.spec, models, props)
+        feeds = int8_calibration.collect(runner, bundle.spec, bundle.nulls(), graph, calibration)
+        del runner
+        gio = bundle.spec.model.graphs()[graph]
+        with runtime_step("NNCF", graph, "quantize", (RuntimeError, ValueError, TypeError)):
+            quantized, record = ov_quantize.quantize_int8(model.clone(), feeds, conditioning_inputs(gio), graph,
+                                                          sensitive)
+        record["sensitivity"] = ov_quantize.sensitivity(model, quantized, feeds, _core(),
+                                                        cpu_properties("fp32", threads))
+        return quantized, record
+
+    def _fp32_ir(self, bundle: Bundle, graph: str, scratch: Path) -> Path:
+        """The graph converted as is (f32), for calibration runs before it is compiled."""
+        xml = scratch / f"{graph}.xml"
+        if not xml.is_file():
+            ov = _ov()
+            with runtime_step(f"OpenVINO {ov.__version__.split('-')[0]}", graph, "convert", (Exception,),
+                              _convert_line):
+                ov.save_model(ov.convert_model(str(bundle.graph(graph))), str(xml), compress_to_fp16=False)
+        return xml
+
     def open_runner(self, bundle: Bundle, compiled: Compiled, threads: int = 0) -> "OpenVinoRunner":
-        props = dict(compiled.record.get("properties") or cpu_properties(compiled.effective_precision))
+        rec = compiled.record
+        names = bundle.graph_names()
+        base = rec.get("properties") or cpu_properties(compiled.effective_precision)
+        props = {g: dict((rec.get("graph_properties") or {}).get(g) or base) for g in names}
         if threads:
-            props["INFERENCE_NUM_THREADS"] = str(threads)     # speed only; the precision stays as compiled
-        return OpenVinoRunner(bundle.spec, {g: compiled.path / f"{g}.xml" for g in bundle.graph_names()}, props,
-                              expected_precision=compiled.effective_precision)
+            for p in props.values():
+                p["INFERENCE_NUM_THREADS"] = str(threads)     # speed only; the precision stays as compiled
+        # what the plugin computed each graph's float part in at compile time (int8 graphs: f32)
+        graphs = rec.get("graphs") or {}
+        expected: str | dict[str, str] = (compiled.effective_precision if compiled.effective_precision in HINTS else
+                                          {g: graphs.get(g, {}).get("effective_precision", "fp32") for g in names})
+        return OpenVinoRunner(bundle.spec, {g: compiled.path / f"{g}.xml" for g in names}, props,
+                              expected_precision=expected)
 
     def structural_checks(self, bundle: Bundle, compiled: Compiled) -> list[dict[str, Any]]:
         """IR inputs/outputs against the spec: names, element types, and a dynamic batch iff the spec has one."""
@@ -351,7 +452,10 @@ class OpenVinoTarget(Target):
                 checks.append({"name": f"{graph} {kind}s match the spec", "graph": graph, "passed": got == want,
                                "detail": f"IR {got}; spec {want}"})
         rec = compiled.record
-        checks.append({"name": "effective precision recorded", "passed": rec.get("effective_precision") in HINTS,
+        known = set(HINTS) | set(INT8_PRECISIONS)
+        graph_precisions = compiled.graph_precisions
+        checks.append({"name": "effective precision recorded",
+                       "passed": bool(graph_precisions) and all(p in known for p in graph_precisions.values()),
                        "detail": f"requested {rec.get('requested_precision')}, effective {rec.get('effective_precision')}"
                                  + (f" ({rec['note']})" if rec.get("note") else "")})
         return checks
@@ -496,11 +600,15 @@ class OpenVinoRunner(BaseRunner):
     name = "openvino"
     runtime_errors = (OpenVinoError,)
 
-    def __init__(self, spec: Spec, models: Mapping[str, Path], properties: dict[str, str],
-                 expected_precision: str | None = None):
+    def __init__(self, spec: Spec, models: Mapping[str, Path], properties: Mapping[str, Any],
+                 expected_precision: str | Mapping[str, str] | None = None):
+        """``properties``: CPU plugin properties for every graph, or graph -> properties (a precision plan);
+        ``expected_precision``: what the graphs computed in at compile time (one, or per graph)."""
         super().__init__(spec)
         core = _core()
-        self.properties = dict(properties)
+        per_graph = properties and all(isinstance(v, Mapping) for v in properties.values())
+        self.graph_properties = {g: dict(properties[g] if per_graph else properties) for g in self.graphs}
+        self.properties = self.graph_properties[next(iter(self.graphs))]
         self._graphs: dict[str, _Graph] = {}
         for name, gio in self.graphs.items():
             xml = models.get(name)
@@ -509,20 +617,28 @@ class OpenVinoRunner(BaseRunner):
                                     "`dualrate compile --target openvino --force`")
             with runtime_step("OpenVINO", name, "load the compiled copy of", _ov_errors(), _first_line):
                 source = core.read_model(str(xml))
-                g = _Graph(name, core.compile_model(source, DEVICE, self.properties), source, self.properties)
+                props = self.graph_properties[name]
+                g = _Graph(name, core.compile_model(source, DEVICE, props), source, props)
             want_in, want_out = sorted(t.name for t in gio.inputs), [t.name for t in gio.outputs]
             if sorted(g.inputs) != want_in or any(o not in g.outputs for o in want_out):
                 raise BadInputError(f"compiled OpenVINO {name} takes {sorted(g.inputs)} and gives {g.outputs}; the "
                                     f"spec binds {want_in} -> {want_out}. Recompile the bundle "
                                     "(`dualrate compile --target openvino --force`)")
             self._graphs[name] = g
-        self.effective_precision = loosest(precision_of(g.model)[0] for g in self._graphs.values())
-        if expected_precision is not None and self.effective_precision != expected_precision:
-            # same IR, same properties, different answer: another CPU or OpenVINO build than at compile time
+        got = {name: precision_of(g.model)[0] for name, g in self._graphs.items()}
+        self.effective_precision = loosest(got.values())
+        recompile = ("recompile here with `dualrate compile --target openvino --force` so parity is gated on what "
+                     "really runs")
+        # same IR, same properties, different answer: another CPU or OpenVINO build than at compile time
+        if isinstance(expected_precision, str) and self.effective_precision != expected_precision:
             raise BackendUnavailableError(
                 f"OpenVINO on this machine runs the compiled models in {self.effective_precision}, but they were "
-                f"compiled and recorded as {expected_precision}; recompile here with "
-                "`dualrate compile --target openvino --force` so parity is gated on what really runs")
+                f"compiled and recorded as {expected_precision}; {recompile}")
+        if isinstance(expected_precision, Mapping):
+            off = [f"{name} in {p} (recorded {expected_precision[name]})" for name, p in got.items()
+                   if expected_precision.get(name, p) != p]
+            if off:
+                raise BackendUnavailableError(f"OpenVINO on this machine runs {', '.join(off)}; {recompile}")
 
     def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
         # the encoder's outputs are the feature cache: they stay ov.Tensors (bound as they are later)

@@ -5,10 +5,12 @@ and the decoder where the model has one); tensors are bound by name, as the spec
 declares them.
 
 Networks are *strongly typed*: every tensor computes in the type the ONNX graph
-gives it. fp32 builds the bundle's graphs with TF32 switched off (``tf32=True``
-allows it and records ``tf32``); fp16 builds from an fp16 copy of each graph
+gives it, graph by graph as the precision plan says. fp32 builds the bundle's graph with TF32 switched
+off (``tf32=True`` allows it and records ``tf32``); fp16 builds from an fp16 copy of the graph
 (:func:`convert_onnx_fp16`: fp32 I/O, fp32 normalisations and sin/cos
-arguments, fp16 elsewhere), kept in the target directory. Each engine has one
+arguments, fp16 elsewhere); int8 builds from a QDQ copy made by ONNX Runtime's quantizer and
+calibrated on the bundle's two-rate sampler (``trt_qdq``): explicit quantization, where the Q/DQ
+nodes fix what runs in int8. Both copies are kept in the target directory. Each engine has one
 optimization profile over 1 .. ``max_batch`` samples, doubled where guidance
 batches both branches (``exporter.export.graph_rows``), or the static batch (the
 decoder's profile is over samples, never doubled); one timing cache serves every
@@ -39,6 +41,8 @@ from dualrate.exporter.runner import BaseRunner
 from dualrate.exporter.spec import GraphIO, Spec
 
 from .base import Compiled, Target
+from .precision_plan import PrecisionPlan
+from .trt_qdq import qdq_graph, qdq_problems, qdq_summary
 
 DEFAULT_MAX_BATCH = 8          # samples per sampler call the engines accept (rows double under batched guidance)
 INSTALL_HINT = ("install it on a Linux or Windows machine with an NVIDIA GPU and driver: "
@@ -278,7 +282,7 @@ def fp16_graph_summary(path: Path) -> dict[str, Any]:
 # -- the target ----------------------------------------------------------------
 class TensorRTTarget(Target):
     name = "tensorrt"
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", "int8")
     extra = "tensorrt"
 
     def available(self) -> str | None:
@@ -300,26 +304,31 @@ class TensorRTTarget(Target):
     def runtime_version(self) -> str:
         return _trt().__version__
 
-    def compile_into(self, bundle: Bundle, precision: str, out: Path, max_batch: int = DEFAULT_MAX_BATCH,
+    def compile_into(self, bundle: Bundle, plan: PrecisionPlan, out: Path, max_batch: int = DEFAULT_MAX_BATCH,
                      opt_batch: int | None = None, tf32: bool = False, workspace_gib: float | None = None,
-                     opt_level: int | None = None, timing_cache: str | Path | None = None) -> dict[str, Any]:
+                     opt_level: int | None = None, timing_cache: str | Path | None = None,
+                     calibration_samples: int | None = None, calibration_seed: int | None = None) -> dict[str, Any]:
+        """One engine per graph at ``plan.for_graph(graph)``, in graph order (an int8 denoiser is calibrated
+        on the features of the encoder as compiled here). ``calibration_*``: ``int8_calibration`` options."""
         trt = _trt()
         spec = bundle.spec
         graph_io = spec.model.graphs()
         rows = profile_rows(spec, bundle.manifest, max_batch, opt_batch)
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
-        seed_path = Path(timing_cache) if timing_cache else self._previous_cache(bundle, precision)
+        seed_path = Path(timing_cache) if timing_cache else self._previous_cache(bundle, plan.name)
         seed = seed_path.read_bytes() if seed_path and seed_path.is_file() else b""
         cache = None
-        record: dict[str, Any] = {"profiles": {}, "fp16_graphs": {}}
+        record: dict[str, Any] = {"profiles": {}, "fp16_graphs": {}, "int8_graphs": {}}
+        built = {g: bundle.graph(g) for g in bundle.graph_names()}     # the ONNX each engine is built from
         for graph in bundle.graph_names():
             io = graph_io[graph]
-            source = bundle.graph(graph)
-            if precision == "fp16":
-                source = out / f"{graph}.fp16.onnx"
-                record["fp16_graphs"][graph] = convert_onnx_fp16(bundle.graph(graph), source)
-            # Strongly typed: precision comes from the graph's types, never from builder flags.
+            source = built[graph] = self.source_graph(bundle, plan, graph, out, built, record,
+                                                      calibration_samples, calibration_seed)
+            # Strongly typed: precision comes from the graph's types (an fp16 copy; int8 from its Q/DQ nodes),
+            # never from builder flags. TensorRT's docs on explicit quantization: "Use explicit quantization
+            # with Strong Typing. Precision-control build flags are not required and should not be
+            # specified" (BuilderFlag.INT8/FP16 are for the deprecated weakly typed mode).
             network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
             parser = trt.OnnxParser(network, logger)
             if not parser.parse_from_file(str(source)):
@@ -349,12 +358,32 @@ class TensorRTTarget(Target):
             (out / f"{graph}.engine").write_bytes(bytes(serialized))
             record["profiles"][graph] = {k: [list(s) for s in v] for k, v in shapes.items()}
         (out / "timing.cache").write_bytes(bytes(cache.serialize()))
-        effective = "fp16" if precision == "fp16" else ("tf32" if tf32 else "fp32")
-        return {"effective_precision": effective, "device": _device_name(), "batch_rows": list(rows),
+        effective = {g: plan.for_graph(g) if plan.for_graph(g) in ("fp16", "int8") else ("tf32" if tf32 else "fp32")
+                     for g in bundle.graph_names()}
+        return {"graph_precisions": effective, "device": _device_name(), "batch_rows": list(rows),
                 "options": {"max_batch": max_batch, "opt_batch": opt_batch, "tf32": tf32,
                             "workspace_gib": workspace_gib, "opt_level": opt_level,
                             "strongly_typed": True, "timing_cache_seed": str(seed_path) if seed else None},
                 **record}
+
+    def source_graph(self, bundle: Bundle, plan: PrecisionPlan, graph: str, out: Path, built: dict[str, Path],
+                     record: dict[str, Any], calibration_samples: int | None = None,
+                     calibration_seed: int | None = None) -> Path:
+        """The ONNX file ``graph``'s engine is built from at its plan precision: the bundle's graph (fp32), an
+        fp16 copy or a QDQ int8 copy written into ``out`` (recorded in ``record``). Needs no TensorRT."""
+        precision = plan.for_graph(graph)
+        if precision == "fp16":
+            source = out / f"{graph}.fp16.onnx"
+            record["fp16_graphs"][graph] = convert_onnx_fp16(bundle.graph(graph), source)
+            return source
+        if precision == "int8":
+            from dualrate.exporter.int8_calibration import options_from
+
+            calibration = options_from(calibration_samples, calibration_seed)
+            source = out / f"{graph}.int8.onnx"
+            record["int8_graphs"][graph] = qdq_graph(bundle, graph, source, built, calibration)
+            return source
+        return bundle.graph(graph)
 
     def _previous_cache(self, bundle: Bundle, precision: str) -> Path | None:
         """A timing cache from this bundle's other TensorRT build (same machine, most likely) speeds the build up."""
@@ -372,8 +401,15 @@ class TensorRTTarget(Target):
     def structural_checks(self, bundle: Bundle, compiled: Compiled) -> list[dict[str, Any]]:
         checks = []
         graph_io = bundle.spec.model.graphs()
-        if compiled.record.get("requested_precision") == "fp16":
-            for graph in bundle.graph_names():
+        precisions = compiled.graph_precisions
+        for graph in bundle.graph_names():
+            if precisions.get(graph) == "int8":
+                qdq = compiled.path / f"{graph}.int8.onnx"
+                problems = qdq_problems(qdq)
+                checks.append({"name": f"{graph}: int8 QDQ graph", "passed": not problems,
+                               "detail": "; ".join(problems) or f"{qdq_summary(qdq)}: symmetric int8, standard "
+                                                                  "ONNX Q/DQ (TensorRT explicit quantization)"})
+            if precisions.get(graph) == "fp16":
                 s = fp16_graph_summary(compiled.path / f"{graph}.fp16.onnx")
                 want = {t.name: ONNX_TYPE_NAMES.get(t.dtype, t.dtype)
                         for t in (*graph_io[graph].inputs, *graph_io[graph].outputs)}

@@ -1,7 +1,8 @@
 """``dualrate bench`` on the tiny bundle: the document is complete, finite and self-consistent.
 
 No timing thresholds here: performance claims live in docs/benchmarks.md, measured by the
-benchmark itself on the benchmark config.
+benchmark itself on the benchmark config. Every row names its precision, ratios are only formed
+like for like, sizes are the files' sizes, and OpenVINO's benchmark_app report is parsed.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ from dualrate.exporter.errors import BackendUnavailableError, BadInputError
 from dualrate.exporter.sampling import call_plan
 from dualrate.validation.bench import BenchOptions, bench, console_table, count_graph_flops, speedup_bound
 
+from tests.conftest import tiny_spec
+
 KEYS = ("speedup_realized", "speedup_bound", "loop_overhead", "vs_torch_eager", "encoder_gflops", "matmul_gflops")
 
 
 @pytest.fixture(scope="module")
 def doc(tiny_bundle):
-    return bench(tiny_bundle.path, BenchOptions(target="onnxruntime", batch=2, repeats=2, threads=1))
+    # torch.compile has its own (slow: it compiles C++) test below
+    return bench(tiny_bundle.path, BenchOptions(target="onnxruntime", batch=2, repeats=2, threads=1,
+                                                torch_compile=False))
 
 
 def _numbers(obj, path=""):
@@ -92,9 +97,12 @@ def test_console_table_names_the_headline_numbers(doc):
     for word in ("encoder", "denoiser", "speedup realized", "vs torch eager", "loop overhead", "matmul"):
         assert word in text
     assert f"ceiling {doc['vs_torch_eager_ceiling']:.2f}x" in text
-    # the ceiling is for fp32 arithmetic: a bf16 run is not held to it, nor credited against it
-    bf16 = {**doc, "target": {**doc["target"], "effective_precision": "bf16"}}
-    assert "computing in bf16 against fp32 eager; the fp32 ceiling" in console_table(bf16)
+    # the ceiling is for fp32 arithmetic: a bf16 comparison is not held to it, nor credited against it
+    rows = {k: {**r, "graph_precisions": {g: "bf16" for g in r["graph_precisions"]}, "precision": "bf16"}
+            for k, r in doc["rows"].items()}
+    bf16 = {**doc, "rows": rows, "target": {**doc["target"], "effective_precision": "bf16"}}
+    text = console_table(bf16)
+    assert "both computing in bf16" in text and "ceiling" not in text
 
 
 def _run_command(*argv):
@@ -230,7 +238,8 @@ def text_bundle(tmp_path_factory):
 @pytest.fixture(scope="module")
 def text_doc(text_bundle, fast_matmul):
     model, bundle = text_bundle
-    return bench(bundle.path, BenchOptions(target="onnxruntime", batch=2, repeats=2, threads=1, model=model))
+    return bench(bundle.path, BenchOptions(target="onnxruntime", batch=2, repeats=2, threads=1, model=model,
+                                           torch_compile=False))
 
 
 def test_decoder_and_embedding_conditioning_are_timed_and_counted(text_doc, text_bundle):
@@ -242,7 +251,7 @@ def test_decoder_and_embedding_conditioning_are_timed_and_counted(text_doc, text
     for path, value in _numbers(doc):
         assert math.isfinite(value), path
     assert set(doc["latency_ms"]) == {"encoder", "denoiser", "decoder"} and doc["latency_ms"]["decoder"] > 0
-    assert doc["torch_eager"]["latency_ms"]["decoder"] > 0 and doc["not_run"] == {}
+    assert doc["torch_eager"]["latency_ms"]["decoder"] > 0 and doc["not_run"] == {"torch_compile": "skipped (--no-torch-compile)"}
     batch, rows = doc["setup"]["batch"], doc["setup"]["rows_per_call"]
     assert rows == 2 * batch
     flops = count_graph_flops(model, spec, rows, batch, nulls=bundle.nulls())
@@ -266,8 +275,9 @@ def test_python_bundle_without_its_model_reports_eager_and_flops_as_not_run(tmp_
     # a guidance interval: the branches run as separate calls at some steps (B rows and 2B rows)
     _, bundle = _export_text(tmp_path / "bundle", guidance=2.0, guidance_interval=(-1.0, 4.0))
     doc = bench(bundle.path, BenchOptions(target="onnxruntime", batch=1, repeats=1, threads=1))
-    assert set(doc["not_run"]) == {"flops", "torch_eager"}
+    assert set(doc["not_run"]) == {"flops", "torch_eager", "torch_compile"}
     assert "handed over in Python" in doc["not_run"]["torch_eager"]
+    assert "handed over in Python" in doc["not_run"]["torch_compile"]
     assert set(doc["times_s"]) == {"dual_rate", "single_rate"} and "vs_torch_eager" not in doc
     assert doc["speedup_bound"] is None and doc["flops"]["encoder_call"] is None
     assert isinstance(doc["speedup_realized"], float) and doc["latency_ms"]["decoder"] > 0
@@ -280,3 +290,153 @@ def test_a_model_that_is_not_the_bundles_source_is_refused(text_bundle):
     _, bundle = text_bundle
     with pytest.raises(BadInputError, match="sha256"):
         bench(bundle.path, BenchOptions(target="onnxruntime", batch=1, repeats=1, model=text_model(seed=1)))
+
+
+# -- peers at the same precision, sizes on disk, OpenVINO's benchmark_app ------------------------------------
+
+def test_every_row_names_its_precision_and_ratios_are_like_for_like(doc, tiny_bundle):
+    graphs = list(tiny_bundle.graph_names())
+    rows = doc["rows"]
+    assert set(rows) == {"dual_rate", "single_rate", "torch_eager"}
+    for key, row in rows.items():
+        assert row["graph_precisions"] == {g: "fp32" for g in graphs}, key
+        assert row["precision"] == "fp32" and row["time_s"] == doc["times_s"][key]
+    assert rows["torch_eager"]["autocast"] is None and rows["torch_eager"]["runtime"].startswith("torch ")
+    assert [c["name"] for c in doc["comparisons"]] == ["vs_torch_eager"]
+    cmp = doc["comparisons"][0]
+    assert cmp["like_for_like"] and cmp["precision"] == cmp["against_precision"] == "fp32"
+    assert cmp["ratio"] == pytest.approx(doc["vs_torch_eager"])
+    text = console_table(doc)
+    assert "torch eager ms (fp32)" in text and "precision" in text and "(same precision)" in text
+    assert "torch compile not run: skipped (--no-torch-compile)" in text
+
+
+def test_sizes_are_the_compiled_files_sizes(doc, tiny_bundle):
+    graphs = list(tiny_bundle.graph_names())
+    folder = tiny_bundle.path / "targets" / doc["rows"]["dual_rate"]["target_dir"]
+    sizes = doc["sizes"][folder.name]
+    assert sizes["graph_precisions"] == {g: "fp32" for g in graphs}
+    on_disk = {g: sum(p.stat().st_size for p in folder.iterdir() if p.name.split(".")[0] == g) for g in graphs}
+    assert all(on_disk.values())
+    assert {g: sizes["bytes"][g] for g in graphs} == on_disk
+    assert sizes["bytes"]["total"] == sum(on_disk.values()) + sizes["bytes"]["other"]
+    assert "compiled target" in console_table(doc) and folder.name in console_table(doc)
+
+
+def test_comparisons_never_pair_unlike_precisions():
+    from dualrate.validation.bench_rows import comparisons
+
+    def row(precision, t, **graphs):
+        return {"graph_precisions": {"encoder": graphs.get("encoder", precision),
+                                     "denoiser": graphs.get("denoiser", precision)}, "time_s": t}
+
+    # an int8 plan: the peers (fp32) go against the backend's fp32 row, int8 against fp32 is named as such
+    rows = {"dual_rate": row("int8", 1.0, denoiser="fp32"), "single_rate": row("int8", 3.0, denoiser="fp32"),
+            "backend_fp32": row("fp32", 2.0), "torch_eager": row("fp32", 4.0), "torch_compile": row("fp32", 3.0)}
+    got = {c["name"]: c for c in comparisons(rows)}
+    assert set(got) == {"backend_fp32_vs_torch_eager", "backend_fp32_vs_torch_compile", "vs_backend_fp32"}
+    assert got["backend_fp32_vs_torch_eager"]["ratio"] == 2.0 and got["backend_fp32_vs_torch_eager"]["like_for_like"]
+    assert got["vs_backend_fp32"]["ratio"] == 2.0 and not got["vs_backend_fp32"]["like_for_like"]
+    assert got["vs_backend_fp32"]["precision"] == "encoder=int8,denoiser=fp32"
+    # a bf16 backend row and an fp32 torch row: no ratio at all
+    assert comparisons({"dual_rate": row("bf16", 1.0), "torch_eager": row("fp32", 2.0)}) == []
+
+
+def test_peers_follow_the_backend_precision(pair):
+    from dualrate.validation.bench_peers import BEST_COMPILE, TorchPeer, peer_runner, peers_for
+
+    assert peers_for("fp32") == [TorchPeer("fp32"), TorchPeer("fp32", BEST_COMPILE)]
+    assert peers_for("bf16", compiled=False) == [TorchPeer("bf16")]
+    assert peers_for("int8") == [] and peers_for("encoder=int8,denoiser=fp32") == []
+    assert TorchPeer("bf16", "freezing").label == "torch.compile (freezing), autocast bfloat16"
+    # bf16 autocast really computes in bf16: the encoder's features come out bf16
+    spec = tiny_spec(pair)
+    runner = peer_runner(pair, spec, TorchPeer("bf16"))
+    z = np.zeros((2, *spec.model.sample_shape), np.float32)
+    from dualrate.exporter.golden import example_conditioning
+    from dualrate.exporter.runner import graph_feeds, role_values
+
+    cond = example_conditioning(spec, 0, 2, pair.nulls())
+    feats = runner.encode(graph_feeds(spec.model.encoder, role_values(z, np.ones(2), None, cond)))
+    assert any(f.dtype == torch.bfloat16 for f in feats.values())
+
+
+@pytest.mark.slow
+def test_torch_compile_peer_is_timed_with_its_compile_time_apart(tiny_bundle, fast_matmul):
+    doc = bench(tiny_bundle.path, BenchOptions(target="onnxruntime", batch=1, repeats=1, threads=1,
+                                               single_rate=False))
+    row = doc["rows"]["torch_compile"]
+    assert row["precision"] == "fp32" and row["compile"]["backend"] == "inductor" and row["compile"]["dynamic"] is False
+    assert row["compile_s"] > 0 and "warm_up_s" not in row
+    assert doc["vs_torch_compile"] == pytest.approx(doc["times_s"]["torch_compile"] / doc["times_s"]["dual_rate"])
+    assert "torch.compile" in console_table(doc)
+
+
+BENCHMARK_APP_REPORT = {"execution_results": {
+    "read model time (ms)": "29.43", "compile model time (ms)": "195.91", "first inference time (ms)": "14.60",
+    "total execution time (ms)": "3000.24", "total number of iterations": "4566", "latency (ms)": "0.24",
+    "avg latency": "0.64", "min latency": "0.19", "max latency": "12.09", "throughput": "6087.52"}}
+BENCHMARK_APP_LOG = """[Step 8/11] Querying optimal runtime parameters
+[ INFO ] Model:
+[ INFO ]   NETWORK_NAME: Model1
+[ INFO ]   NUM_STREAMS: 1
+[ INFO ]   INFERENCE_NUM_THREADS: 2
+[ INFO ]   PERF_COUNT: NO
+[ INFO ]   INFERENCE_PRECISION_HINT: <Type: 'float32'>
+[ INFO ]   PERFORMANCE_HINT: LATENCY
+"""
+
+
+def test_benchmark_app_report_and_log_are_parsed():
+    from dualrate.validation.bench_ov import cross_check, parse_config, parse_report
+
+    got = parse_report(BENCHMARK_APP_REPORT)
+    assert got == {"median_ms": 0.24, "average_ms": 0.64, "min_ms": 0.19, "max_ms": 12.09, "iterations": 4566,
+                   "compile_ms": 195.91}
+    assert parse_config(BENCHMARK_APP_LOG) == {"NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": "2",
+                                               "INFERENCE_PRECISION_HINT": "<Type: 'float32'>",
+                                               "PERFORMANCE_HINT": "LATENCY"}
+    check = cross_check({"encoder": 0.26}, {"encoder": [{**got, "rows": 4, "ours_back_to_back_ms": 0.3},
+                                                        {**got, "median_ms": 0.28, "rows": 4, "ours_back_to_back_ms": 0.32}]})
+    assert check["encoder"]["benchmark_app_median_ms"] == pytest.approx(0.26)
+    assert check["encoder"]["ratio"] == pytest.approx(1.0) and check["encoder"]["within_10pct"]
+    assert check["encoder"]["ours_back_to_back_ms"] == pytest.approx(0.31)
+    assert check["encoder"]["ratio_back_to_back"] == pytest.approx(0.31 / 0.26)
+    assert not check["encoder"]["back_to_back_within_10pct"]
+
+
+def test_openvino_latency_is_cross_checked_with_benchmark_app(tiny_bundle, fast_matmul):
+    from dualrate.targets.base import get_target
+    from dualrate.validation.bench_ov import benchmark_app_command
+
+    if get_target("openvino").available() is not None:
+        pytest.skip(f"OpenVINO is not usable here: {get_target('openvino').available()}")
+    if benchmark_app_command() is None:
+        pytest.skip("OpenVINO's benchmark_app is not installed")
+    doc = bench(tiny_bundle.path, BenchOptions(target="openvino", batch=2, repeats=1, threads=1, single_rate=False,
+                                               torch_eager=False, torch_compile=False, benchmark_app_seconds=1))
+    check = doc["benchmark_app"]["graphs"]
+    assert set(check) == set(tiny_bundle.graph_names())
+    for graph, c in check.items():
+        assert len(c["runs"]) == 2                                   # bracketing the repeats
+        for run in c["runs"]:
+            assert run["rows"] == doc["setup"]["rows_per_call"] and run["iterations"] > 0
+            assert run["median_ms"] > 0 and run["average_ms"] > 0
+            # benchmark_app compiled with the runner's properties
+            assert run["config"]["NUM_STREAMS"] == "1" and run["config"]["INFERENCE_NUM_THREADS"] == "1"
+            assert run["config"]["PERFORMANCE_HINT"] == "LATENCY"
+            assert f"{graph}.xml" in run["command"] and "-api sync" in run["command"]
+            assert run["ours_back_to_back_ms"] > 0
+        assert c["ratio"] == pytest.approx(c["ours_ms"] / c["benchmark_app_median_ms"])
+        assert c["ratio_back_to_back"] == pytest.approx(c["ours_back_to_back_ms"] / c["benchmark_app_median_ms"])
+    assert "benchmark_app (same IR)" in console_table(doc)
+
+
+def test_call_rows_reads_axis_0_of_any_runtime_value():
+    import onnxruntime as ort
+
+    from dualrate.validation.bench import call_rows
+
+    assert call_rows({"x": np.zeros((3, 2), np.float32)}) == 3
+    assert call_rows({"x": ort.OrtValue.ortvalue_from_numpy(np.zeros((5, 2), np.float32))}) == 5   # shape()
+    assert call_rows({"t": torch.zeros(7)}) == 7 and call_rows({}) == 0

@@ -1,4 +1,5 @@
-"""Core ML target: conversion of every graph (fp32, fp16), structural checks, capture fallback, refusals,
+"""Core ML target: conversion of every graph (fp32, fp16), compressed weights (int8-weights, palettize4/6/8;
+structure and size), int8 activations refused off macOS, structural checks, capture fallback, refusals,
 and the model it converts from (the source checkpoint, or ``model=`` for a bundle exported from Python).
 
 Off macOS nothing here predicts: the packages are converted, saved and inspected,
@@ -33,6 +34,8 @@ pytest.importorskip("coremltools", reason="coremltools is not installed: pip ins
 from dualrate.targets.coreml_backend import (TARGET, PortableGroupNorm, check_fp16_preflight, convert_graph,  # noqa: E402
                                              coreml_names, coreml_rows, fp16_preflight, inspect_package,
                                              portable_module)
+from dualrate.targets.coreml_quantize import COMPRESSED_PRECISIONS, package_sizes  # noqa: E402
+from dualrate.targets.int8_layers import EMBEDDING, FIRST, LAST  # noqa: E402
 
 pytestmark = pytest.mark.slow
 # guidance at every step: graph calls carry 2x rows, so the enumerated batch must include them
@@ -108,7 +111,9 @@ def test_structural_checks_fail_closed(bundle, compiled):
     c = compiled["fp32"]
     wrong_rows = TARGET.structural_checks(bundle, Compiled(c.path, {**c.record, "batch_rows": [1, 2]}))
     assert {ch["name"] for ch in wrong_rows if not ch["passed"]} == {"encoder: I/O shapes", "denoiser: I/O shapes"}
-    claimed_fp16 = TARGET.structural_checks(bundle, Compiled(c.path, {**c.record, "effective_precision": "fp16"}))
+    claimed_fp16 = TARGET.structural_checks(bundle, Compiled(c.path, {**c.record, "effective_precision": "fp16",
+                                                                      "graph_precisions": {"encoder": "fp16",
+                                                                                           "denoiser": "fp16"}}))
     bad = [ch for ch in claimed_fp16 if not ch["passed"]]
     assert {ch["name"] for ch in bad} == {"encoder: precision", "denoiser: precision"}
     assert "no fp16 tensors" in bad[0]["detail"]
@@ -234,9 +239,9 @@ def test_checkpoint_must_be_the_one_the_bundle_came_from(bundle, tmp_path):
     other = tmp_path / "other"
     save_checkpoint(tiny_pair(seed=1), make_config({"family": "dr-uvit", **preset("tiny").to_dict()}), other)
     with pytest.raises(BadInputError, match=r"has sha256 .*, but bundle .* was exported from tiny with sha256"):
-        TARGET.compile_into(bundle, "fp32", tmp_path, checkpoint=other)
+        TARGET.compile_into(bundle, TARGET.plan(bundle, "fp32"), tmp_path, checkpoint=other)
     with pytest.raises(BadInputError, match=r"the checkpoint given, .*missing, is not there; pass checkpoint=PATH"):
-        TARGET.compile_into(bundle, "fp32", tmp_path, checkpoint=tmp_path / "missing")
+        TARGET.compile_into(bundle, TARGET.plan(bundle, "fp32"), tmp_path, checkpoint=tmp_path / "missing")
     assert not list(tmp_path.glob("*.mlpackage"))
 
 
@@ -252,6 +257,150 @@ def test_cli_compile_reuses_the_cache(bundle, compiled):
     res = run_cli("compile", str(bundle.path), "--target", "coreml")
     assert res.returncode == 0, res.stderr
     assert "effective fp32" in res.stdout and "Traceback" not in res.stderr
+
+
+# -- compressed weights (coremltools.optimize): structure and size here, numerics on macOS ---------------------
+# one mixed plan covers palettize6 and palettize8 (and the per-graph plan path) in a single compile
+COMPRESSED = ("int8-weights", "palettize4", "encoder=palettize6,denoiser=palettize8")
+
+
+@pytest.fixture(scope="module")
+def compressed(bundle):
+    return {p: TARGET.compile(bundle, p) for p in COMPRESSED}
+
+
+def _weights(c: Compiled, graph: str) -> int:
+    return package_sizes(c.path / f"{graph}.mlpackage")["weight_bytes"]
+
+
+def test_compressed_precisions_compile_per_graph_and_pass_structural_checks(bundle, compressed):
+    assert set(COMPRESSED_PRECISIONS) <= set(TARGET.precisions)
+    plans = {"int8-weights": {"encoder": "int8-weights", "denoiser": "int8-weights"},
+             "palettize4": {"encoder": "palettize4", "denoiser": "palettize4"},
+             COMPRESSED[2]: {"encoder": "palettize6", "denoiser": "palettize8"}}
+    for plan, c in compressed.items():
+        assert c.graph_precisions == plans[plan] and c.effective_precision == plan
+        assert c.path.name == f"coreml-{'encoder-palettize6.denoiser-palettize8' if ',' in plan else plan}"
+        checks = TARGET.structural_checks(bundle, c)
+        assert len(checks) == 20, [ch["name"] for ch in checks]          # 6 + 4 compression checks per graph
+        assert not [ch for ch in checks if not ch["passed"]], [ch for ch in checks if not ch["passed"]]
+        for graph, precision in plans[plan].items():
+            method, bits = COMPRESSED_PRECISIONS[precision]
+            info = inspect_package(c.path / f"{graph}.mlpackage")["compression"]
+            ops = "constexpr_lut_to_dense" if method == "palettize" else "constexpr_blockwise_shift_scale"
+            assert info["constexpr_ops"][ops] > 5 and set(info["constexpr_ops"]) == {ops}
+            assert set(info["payload_dtypes"]) == {"INT8" if method == "linear" else f"UINT{bits}"}
+            assert info["activation_quant_ops"] == {"dequantize": 0, "quantize": 0}
+            rec = c.record["compression"][graph]
+            kept = rec["float_layers"]
+            # sensitive layers stay float, found from the program's structure
+            assert list(kept.values()).count(FIRST) == 1
+            assert sum(w.startswith(LAST.format("")) for w in kept.values()) == \
+                len(bundle.spec.model.graphs()[graph].outputs)
+            assert list(kept.values()).count(EMBEDDING) >= 4
+            assert all(info["weight_source"][name] == "float" for name in kept)
+            print(f"{plan} {graph}: {info['constexpr_ops']} payload {info['payload_dtypes']}, "
+                  f"{len(kept)} float layers")
+        # inspecting read the packages without touching them: the cache still verifies
+        assert TARGET.compile(bundle, plan).record == c.record
+
+
+def test_compressed_packages_are_measurably_smaller(bundle, compiled, compressed):
+    """Sizes on disk, measured here against the fp32 packages of the same bundle.
+
+    The whole package shrinks less than the 4x / 8x of the compressed tensors themselves: the tiny
+    model's float layers (conditioning embedding, first and last layers) hold a quarter (encoder) to
+    a half (denoiser) of its weight bytes, and the program text is a fixed ~160 kB per package.
+    """
+    fp32 = compiled["fp32"]
+    for graph in bundle.graph_names():
+        float_pkg = package_sizes(fp32.path / f"{graph}.mlpackage")
+        sizes = {}
+        for plan, c in compressed.items():
+            precision = c.graph_precisions[graph]
+            rec = c.record["compression"][graph]
+            assert rec["float_weight_bytes"] == float_pkg["weight_bytes"]      # the same fp32 program, re-measured
+            got = package_sizes(c.path / f"{graph}.mlpackage")
+            assert got == {k: rec[k] for k in got}
+            # the compressed tensors alone: their fp32 bytes over what they take now
+            elements = inspect_package(c.path / f"{graph}.mlpackage")["compression"]["compressed_elements"]
+            now = 4 * elements - (float_pkg["weight_bytes"] - got["weight_bytes"])
+            sizes[precision] = (got["weight_bytes"], float_pkg["package_bytes"] / got["package_bytes"],
+                                4 * elements / now)
+            print(f"{graph} {precision}: weights {got['weight_bytes']} B vs fp32 {float_pkg['weight_bytes']} B, "
+                  f"package {got['package_bytes']} B vs {float_pkg['package_bytes']} B "
+                  f"({sizes[precision][1]:.2f}x), compressed tensors {sizes[precision][2]:.2f}x smaller")
+        assert sizes["int8-weights"][2] >= 3.5 and sizes["palettize4"][2] >= 6.0
+        assert sizes["int8-weights"][1] >= 1.5 and sizes["palettize4"][1] > sizes["int8-weights"][1]
+        other = "palettize6" if graph == "encoder" else "palettize8"
+        assert sizes["palettize4"][0] < sizes[other][0]
+        if other == "palettize6":
+            assert sizes["palettize6"][0] < sizes["int8-weights"][0]
+
+
+def test_compression_checks_fail_closed(bundle, compiled, compressed):
+    int8w, fp32 = compressed["int8-weights"], compiled["fp32"]
+    as_pal4 = TARGET.structural_checks(bundle, Compiled(int8w.path, {**int8w.record, "graph_precisions": {
+        "encoder": "palettize4", "denoiser": "int8-weights"}}))
+    bad = {ch["name"]: ch["detail"] for ch in as_pal4 if not ch["passed"]}
+    assert "encoder: compressed weights" in bad and all(n.startswith("encoder: ") for n in bad), bad
+    assert "no constexpr_lut_to_dense ops" in bad["encoder: compressed weights"]
+    assert "constexpr_blockwise_shift_scale ops, which palettize4 does not make" in bad["encoder: compressed weights"]
+    # an fp32 package claimed as int8-weights: nothing compressed, and no float size to compare with
+    as_int8 = TARGET.structural_checks(bundle, Compiled(fp32.path, {**fp32.record, "graph_precisions": {
+        "encoder": "int8-weights", "denoiser": "fp32"}}))
+    assert {ch["name"] for ch in as_int8 if not ch["passed"]} == {"encoder: compressed weights",
+                                                                  "encoder: on-disk size"}
+    # a layer the record says is float but reads compressed weights
+    rec = json.loads(json.dumps(int8w.record))
+    compressed_layer = next(n for n, s in inspect_package(int8w.path / "denoiser.mlpackage")["compression"][
+        "weight_source"].items() if s == "compressed")
+    rec["compression"]["denoiser"]["float_layers"][compressed_layer] = "claimed float"
+    bad = [ch for ch in TARGET.structural_checks(bundle, Compiled(int8w.path, rec)) if not ch["passed"]]
+    assert [ch["name"] for ch in bad] == ["denoiser: float layers"]
+    assert f"{compressed_layer} (claimed float) reads compressed weights" in bad[0]["detail"]
+
+
+def test_sensitive_layers_can_be_compressed_too(bundle, compressed, tmp_path):
+    with pytest.raises(BadInputError, match="sensitive_layers 'int4': choose float or compressed"):
+        TARGET.compile(bundle, "int8-weights", sensitive_layers="int4")
+    c = TARGET.compile(bundle, "encoder=int8-weights,denoiser=fp32", sensitive_layers="compressed")
+    rec, default = c.record["compression"]["encoder"], compressed["int8-weights"].record["compression"]["encoder"]
+    assert rec["float_layers"] == {} and rec["sensitive_layers"] == default["float_layers"]
+    assert list(c.record["compression"]) == ["encoder"] and c.graph_precisions["denoiser"] == "fp32"
+    checks = {ch["name"]: ch for ch in TARGET.structural_checks(bundle, c)}
+    assert all(ch["passed"] for ch in checks.values()), [ch for ch in checks.values() if not ch["passed"]]
+    assert "sensitive layers are compressed as asked" in checks["encoder: float layers"]["detail"]
+    sources = inspect_package(c.path / "encoder.mlpackage")["compression"]["weight_source"]
+    assert all(sources[name] == "compressed" for name in rec["sensitive_layers"])
+    assert rec["weight_bytes"] < default["weight_bytes"]
+    print(f"encoder int8-weights, sensitive layers compressed: weights {rec['weight_bytes']} B "
+          f"(float: {default['weight_bytes']} B, fp32 {rec['float_weight_bytes']} B)")
+
+
+def test_the_same_compile_gives_the_same_bytes(bundle, compressed):
+    """k-means palettes, protobuf maps and package identifiers: a recompile in another process (other hash
+    seeds) writes byte-identical packages."""
+    before = compressed["palettize4"].record["files"]
+    res = run_cli("compile", str(bundle.path), "--target", "coreml", "--precision", "palettize4", "--force")
+    assert res.returncode == 0, res.stderr
+    after = json.loads((compressed["palettize4"].path / "compile.json").read_text())["files"]
+    assert after == before and any(f.endswith("model.mlmodel") for f in after)
+
+
+@pytest.mark.skipif(ON_MAC, reason="on macOS Core ML predicts and calibrates int8 activations")
+def test_int8_activations_are_unavailable_off_macos_and_numerics_not_run(bundle, compressed, tmp_path):
+    for plan in ("int8", "encoder=int8,denoiser=int8-weights"):
+        with pytest.raises(BackendUnavailableError, match=r"Core ML int8 \(weights and activations\) for encoder"
+                                                          r".*linear_quantize_activations.*requires macOS") as exc:
+            TARGET.compile(bundle, plan)
+        assert exc.value.exit_code == 3
+    assert not bundle.target_dir("coreml", "int8").exists()
+    res = run_cli("compile", str(bundle.path), "--target", "coreml", "--precision", "int8")
+    assert res.returncode == 3 and "requires macOS" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    for c in compressed.values():
+        with pytest.raises(BackendUnavailableError, match="requires macOS"):
+            TARGET.open_runner(bundle, c)
 
 
 # -- a bundle exported from Python: other input names, nested dict features, a decoder ----------------------
@@ -355,10 +504,10 @@ def test_a_python_bundle_needs_its_own_model(named, bundle, tmp_path):
     with pytest.raises(BadInputError, match="model= is a str; expected the dualrate.DualRateModel"):
         TARGET.compile(pybundle, "fp32", model="model.pt")
     with pytest.raises(BadInputError, match="pass model= or checkpoint=, not both"):
-        TARGET.compile_into(pybundle, "fp32", tmp_path, model=model, checkpoint=tmp_path)
+        TARGET.compile_into(pybundle, TARGET.plan(pybundle, "fp32"), tmp_path, model=model, checkpoint=tmp_path)
     # a checkpoint's bundle: the model's weights are not the checkpoint's sha256, so the checkpoint is the way
     with pytest.raises(BadInputError, match=r"was exported from the checkpoint tiny: pass checkpoint=PATH"):
-        TARGET.compile_into(bundle, "fp32", tmp_path, model=model)
+        TARGET.compile_into(bundle, TARGET.plan(bundle, "fp32"), tmp_path, model=model)
     assert not list(tmp_path.glob("*.mlpackage")) and not pybundle.target_dir("coreml", "fp32").exists()
 
 

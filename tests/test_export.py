@@ -41,10 +41,10 @@ def bundle(tmp_path_factory, tiny_checkpoint):
 def test_bundle_layout_and_manifest(bundle, tiny_checkpoint):
     root = bundle.bundle.path
     names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    # no reduced-precision calibration: it is computed when a bf16/fp16 target first needs it (calibration/)
+    # no gate calibration (the fp32 floor, bf16/fp16): computed where first needed (calibration/)
     assert names == ["denoiser.onnx", "encoder.onnx", "golden/denoiser_io.npz",
                      "golden/encoder_io.npz",
-                     "golden/every_step_seed0.npz", "golden/fp32_floor.npz",
+                     "golden/every_step_seed0.npz",
                      "golden/trajectory_seed0.npz", "golden/trajectory_seed1.npz", "manifest.json", "spec.json"]
     man = json.loads((root / "manifest.json").read_text())
     assert man["format"] == "dualrate-bundle" and man["format_version"] == 2

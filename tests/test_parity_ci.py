@@ -201,11 +201,12 @@ def test_merge_renders_one_matrix_and_refuses_other_bundles(tmp_path):
 
 # --------------------------------------------------------------------------- the real CLI on the tiny bundle
 
-def _copy(bundle_path: Path, dest: Path, drop_floor: bool = False) -> Path:
+def _copy(bundle_path: Path, dest: Path, no_model: bool = False) -> Path:
     shutil.copytree(bundle_path, dest, ignore=shutil.ignore_patterns("targets"))
-    if drop_floor:          # what a bundle exported before floor-calibrated gates looks like
-        (dest / "golden" / "fp32_floor.npz").unlink()
+    if no_model:    # no floor stored and no model to measure it on (a CI machine without the checkpoint)
+        shutil.rmtree(dest / "calibration", ignore_errors=True)
         man = json.loads((dest / MANIFEST).read_text())
+        man["source_checkpoint"] = {**man["source_checkpoint"], "path": str(dest / "nowhere")}
         write_manifest(dest, {k: v for k, v in man.items() if k not in ("files", "format", "format_version")})
     return dest
 
@@ -214,16 +215,21 @@ def _copy(bundle_path: Path, dest: Path, drop_floor: bool = False) -> Path:
 def test_floor_gates_pass_honest_backends_with_margin_and_catch_one_perturbed_tensor(tiny_bundle, tmp_path):
     from dualrate.validation.faults import perturb_one_weight
 
-    floor = tiny_bundle.golden("fp32_floor")
-    assert {"encoder/feat0/rel_l2", "denoiser/prediction/call_rel_l2", "sampler/final/rel_l2"} <= set(floor)
-    assert all(0 < float(floor[k]) < 1e-5 for k in floor if k.endswith("rel_l2"))
+    from dualrate.exporter.precision_calibration import stored
+
     for target in ("onnxruntime", "openvino"):
         res = run_cli("validate", str(tiny_bundle.path), "--target", target, "--reference", "golden",
                       "--json", str(tmp_path / f"{target}.json"))
         assert res.returncode == 0, res.stdout + res.stderr
         doc = json.loads((tmp_path / f"{target}.json").read_text())
         assert doc["gates"]["kind"] == "floor-calibrated" and "gates floor-calibrated" in res.stdout
+        # the first fp32 validate measures the floor on the source checkpoint, the next reuses it
+        assert doc["gates"]["calibration"]["status"] in ("computed", "stored")
         assert_margin(doc, 2.0)
+    assert doc["gates"]["calibration"]["status"] == "stored"
+    floor = stored(tiny_bundle, "fp32")
+    assert {"encoder/feat0/rel_l2", "denoiser/prediction/call_rel_l2", "sampler/final/rel_l2"} <= set(floor)
+    assert all(0 < float(floor[k]) < 1e-5 for k in floor if k.endswith("rel_l2"))
     bad = _copy(tiny_bundle.path, tmp_path / "one")
     name = perturb_one_weight(bad)
     res = run_cli("validate", str(bad), "--target", "onnxruntime", "--reference", "golden", "--json", str(tmp_path / "f.json"))
@@ -233,11 +239,13 @@ def test_floor_gates_pass_honest_backends_with_margin_and_catch_one_perturbed_te
     # --gate still overrides the floor-calibrated gates (the tiny model moves 7e-4 here: far past even 1e-4)
     res = run_cli("validate", str(bad), "--target", "onnxruntime", "--reference", "golden", "--gate", "*:rel_l2=1e-2")
     assert res.returncode == 0, res.stdout
-    # a bundle without the floor (exported before it) keeps the default gates and says so
-    old = _copy(tiny_bundle.path, tmp_path / "old", drop_floor=True)
+    # no floor stored and no model to measure it: the default gates, and the report says why
+    old = _copy(tiny_bundle.path, tmp_path / "old", no_model=True)
     res = run_cli("validate", str(old), "--target", "onnxruntime", "--reference", "golden", "--json", str(tmp_path / "o.json"))
     doc = json.loads((tmp_path / "o.json").read_text())
     assert res.returncode == 0 and doc["gates"]["kind"] == "default" and doc["gates"]["fp32"]["rel_l2"] == 1e-4
+    assert doc["gates"]["calibration"]["status"] == "uncalibrated"
+    assert any("--calibrate-precisions fp32" in n and "is not here" in n for n in doc["notes"]), doc["notes"]
 
 
 @pytest.mark.slow

@@ -92,10 +92,11 @@ def test_export_stores_no_calibration_and_its_fp32_content_does_not_depend_on_it
     assert {"load", "spec", "reference", "export_encoder", "export_denoiser", "parity"} <= set(exported.timings)
     assert all(isinstance(v, float) and v >= 0 for v in exported.timings.values())
     again = export_bundle(tiny_checkpoint, tmp_path / "b", OPTS, calibrate_precisions=True)
-    assert [(c["precision"], c["status"]) for c in again.calibration] == [("bf16", "computed"), ("fp16", "computed")]
+    assert [(c["precision"], c["status"]) for c in again.calibration] == [
+        ("fp32", "computed"), ("bf16", "computed"), ("fp16", "computed")]
     assert sorted(p.name for p in (tmp_path / "b" / "calibration").iterdir() if not p.name.startswith(".")) == [
-        "bf16.json", "bf16.npz", "fp16.json", "fp16.npz"]
-    assert {"calibrate_bf16", "calibrate_fp16"} <= set(again.timings)
+        "bf16.json", "bf16.npz", "fp16.json", "fp16.npz", "fp32.json", "fp32.npz"]
+    assert {"calibrate_fp32", "calibrate_bf16", "calibrate_fp16"} <= set(again.timings)
     for rel in [*exported.bundle.manifest["files"], "manifest.json"]:      # every hashed byte is the same
         assert (root / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     open_bundle(tmp_path / "b")           # calibration/ is outside the manifest, like targets/
@@ -122,10 +123,49 @@ def test_deferred_calibration_is_computed_once_then_reused(bundle, monkeypatch):
     assert second["gates"]["calibration"]["status"] == "stored" and calls == ["bf16"]
     assert npz.stat().st_mtime_ns == stamp and npz.read_bytes() == digest
     assert second["gates"]["per_call_calibrated"] == first["gates"]["per_call_calibrated"]
-    # fp32 never pays for it
+    # fp32 never pays for it: an fp32 validate measures the fp32 floor only, once
     fp32, _ = validate(bundle, ValidateOptions(reference="golden"))
-    assert "calibration" not in fp32["gates"] and calls == ["bf16"]
+    assert fp32["gates"]["calibration"]["status"] == "computed" and calls == ["bf16", "fp32"]
+    assert fp32["gates"]["kind"] == "floor-calibrated" and "per_call_calibrated" not in fp32["gates"]
+    fp32, _ = validate(bundle, ValidateOptions(reference="golden"))
+    assert fp32["gates"]["calibration"]["status"] == "stored" and calls == ["bf16", "fp32"]
     assert not (bundle / "calibration" / "fp16.json").exists()
+
+
+def test_fp32_floor_at_validate_equals_the_one_export_stored_and_the_one_export_used_to_hash(
+        bundle, exported, tiny_checkpoint, tmp_path, pair):
+    """The float64 floor moved out of export: the same bytes whether export (asked) or the first
+    validate measures it, the same gates and verdicts as a bundle that carries it in the hashed
+    golden/fp32_floor.npz (as exports between issue 12 and this change did), which is still read."""
+    from dualrate.exporter import fp32_floor
+
+    asked = export_bundle(tiny_checkpoint, tmp_path / "asked", OPTS, calibrate_precisions=["fp32"])
+    assert [(c["precision"], c["status"]) for c in asked.calibration] == [("fp32", "computed")]
+    fresh, _ = validate(bundle, ValidateOptions(reference="golden"))
+    assert fresh["gates"]["calibration"]["status"] == "computed"
+    assert (bundle / "calibration" / "fp32.npz").read_bytes() == (tmp_path / "asked" / "calibration" / "fp32.npz").read_bytes()
+    # a hashed golden/fp32_floor.npz, as the export measured it in memory
+    legacy = tmp_path / "legacy"
+    shutil.copytree(bundle, legacy, ignore=shutil.ignore_patterns("targets", "calibration"))
+    b = open_bundle(legacy)
+    write_npz(legacy / "golden" / "fp32_floor.npz",
+              fp32_floor.measure(pair, b.spec, fp32_floor.needed_vectors(b), b.nulls()))
+    manifest = json.loads((legacy / "manifest.json").read_text())
+    write_manifest(legacy, {k: v for k, v in manifest.items() if k not in ("files", "format", "format_version")})
+    old, _ = validate(legacy, ValidateOptions(reference="golden"))
+    assert old["gates"]["calibration"]["status"] == "stored"
+    assert old["gates"]["calibration"]["path"].endswith("golden/fp32_floor.npz")
+    assert (legacy / "golden" / "fp32_floor.npz").read_bytes() == (bundle / "calibration" / "fp32.npz").read_bytes()
+    assert {k: v for k, v in old["gates"].items() if k != "calibration"} == \
+           {k: v for k, v in fresh["gates"].items() if k != "calibration"}
+    assert old["verdict"] == fresh["verdict"] == "PASSED"
+    # the floor belongs to the PyTorch model: it does not depend on the graphs, so a changed graph
+    # is judged by its model's gates (and a tampered value is refused by name)
+    assert not any(rel.endswith(".onnx") for rel in pc.sources(open_bundle(bundle), "fp32"))
+    npz = bundle / "calibration" / "fp32.npz"
+    npz.write_bytes(npz.read_bytes()[:-1] + b"x")
+    with pytest.raises(BundleError, match="calibration/fp32.npz has sha256"):
+        pc.stored(open_bundle(bundle), "fp32")
 
 
 def test_verdicts_and_gates_equal_the_calibration_export_used_to_store(bundle, tmp_path, pair):
@@ -268,14 +308,15 @@ else:                     # after the values are written, before the record that
             print("npz written", flush=True)
             time.sleep(600)
     pc.atomic_write_bytes = stop
-pc.ensure(bundle, "bf16", model=load_checkpoint(sys.argv[3]).pair)
+pc.ensure(bundle, sys.argv[4], model=load_checkpoint(sys.argv[3]).pair)
 """
 
 
-@pytest.mark.parametrize("where", ["measuring", "between_files"])
-def test_sigkill_mid_calibration_leaves_nothing_trusted(bundle, tiny_checkpoint, where):
+@pytest.mark.parametrize("where,precision", [("measuring", "bf16"), ("between_files", "bf16"),
+                                             ("measuring", "fp32")])
+def test_sigkill_mid_calibration_leaves_nothing_trusted(bundle, tiny_checkpoint, where, precision):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(bundle), where, str(tiny_checkpoint)], env=env,
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(bundle), where, str(tiny_checkpoint), precision], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     line = proc.stdout.readline()
@@ -283,12 +324,12 @@ def test_sigkill_mid_calibration_leaves_nothing_trusted(bundle, tiny_checkpoint,
     assert time.monotonic() < deadline
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (bundle / "calibration" / "bf16.json").exists()
+    assert not (bundle / "calibration" / f"{precision}.json").exists()
     b = open_bundle(bundle)             # the bundle itself is untouched and verified
-    assert pc.stored(b, "bf16") is None
-    doc, _ = validate(bundle, BF16_GATES)
+    assert pc.stored(b, precision) is None
+    doc, _ = validate(bundle, BF16_GATES if precision == "bf16" else ValidateOptions(reference="golden"))
     assert doc["gates"]["calibration"]["status"] == "computed"
-    assert pc.stored(open_bundle(bundle), "bf16") is not None
+    assert pc.stored(open_bundle(bundle), precision) is not None
 
 
 # --------------------------------------------------------------------------- progress and timings

@@ -30,7 +30,7 @@ def _noise(spec, batch=len(LABELS), seed=0):
 
 def heavy_every_step(pair, spec, labels, noise):
     """Independent plain loop: encoder and denoiser at every step, lambda_ctx = lambda_i,
-    coefficients re-derived in float64 from the SAMPLER.md formulas, not read from tables."""
+    coefficients re-derived in float64 from the spec's formulas (README "Concepts"), not read from tables."""
     lam = np.asarray(spec.sampler.tables.logsnr)
     g = spec.guidance.scale
     z = torch.from_numpy(noise.initial.copy())

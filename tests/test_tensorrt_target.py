@@ -1,5 +1,6 @@
 """TensorRT target: import safety and the unavailable path (run everywhere), the pure-Python parts
-(optimization profiles, the fp16 graph, checked on ONNX Runtime), and engine tests that need a GPU.
+(optimization profiles, the fp16 graph and the int8 QDQ graph, checked on ONNX Runtime), and engine
+tests that need a GPU.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from dualrate.exporter.spec_builder import SamplerOptions
 from dualrate.exporter.torch_runner import TorchReferenceRunner
 from dualrate.targets.base import get_target
 from dualrate.targets.onnxrt import OrtRunner
+from dualrate.targets.base import Compiled
+from dualrate.targets.precision_plan import parse_plan
 from dualrate.targets.trt_backend import (TARGET, DeviceTensor, convert_onnx_fp16, fp16_graph_summary,
                                           graph_profile_rows, profile_rows, profile_shapes)
+from dualrate.targets.trt_qdq import qdq_problems
 from tests.conftest import REPO, run_cli
 from dualrate.validation.export_check import export_bundle
 from dualrate.validation.gates import gate_for
@@ -48,7 +52,7 @@ def test_module_imports_without_tensorrt_or_cuda():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
-    assert get_target("tensorrt") is TARGET and TARGET.precisions == ("fp32", "fp16")
+    assert get_target("tensorrt") is TARGET and TARGET.precisions == ("fp32", "fp16", "int8")
 
 
 @without_trt
@@ -76,6 +80,68 @@ def test_cli_compile_exits_3_with_the_reason_and_no_traceback(bundle):
     errors = [line for line in res.stderr.splitlines() if "error:" in line]
     assert errors == [res.stderr.strip().splitlines()[-1]]
     assert errors[0].startswith("dualrate compile: error: target tensorrt is not usable here")
+
+
+@without_trt
+@pytest.mark.parametrize("plan", ["int8", "encoder=int8,denoiser=fp16"])
+def test_int8_compile_exits_3_with_the_reason(bundle, plan):
+    with pytest.raises(BackendUnavailableError) as exc:
+        TARGET.compile(bundle, plan)
+    assert exc.value.exit_code == 3 and REASON in str(exc.value)
+    res = run_cli("compile", str(bundle.path), "--target", "tensorrt", "--precision", plan)
+    assert res.returncode == 3 and REASON in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_int8_builds_from_a_tensorrt_ready_qdq_graph(bundle, tmp_path, monkeypatch):
+    """The int8 path up to the builder, run here: the ONNX each int8 engine is built from, calibrated on the
+    bundle's sampler with the int8 encoder feeding the denoiser, is a QDQ graph TensorRT's explicit
+    quantization takes (standard Q/DQ, symmetric int8, float biases); ONNX Runtime runs it within int8 error.
+    The quantizer writes nothing into the current directory."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    plan = parse_plan("int8", bundle.graph_names(), TARGET.precisions)
+    record = {"fp16_graphs": {}, "int8_graphs": {}}
+    built = {g: bundle.graph(g) for g in bundle.graph_names()}
+    for graph in bundle.graph_names():
+        built[graph] = TARGET.source_graph(bundle, plan, graph, tmp_path, built, record, calibration_samples=2)
+        assert built[graph] == tmp_path / f"{graph}.int8.onnx" and qdq_problems(built[graph]) == []
+        qdq = record["int8_graphs"][graph]["qdq"]
+        assert qdq["ops"]["QuantizeLinear"] > 10 and qdq["int8_weights"] > 5 and qdq["dequantized_into"]["Conv"] > 5
+        assert "symmetric int8 activations" in record["int8_graphs"][graph]["method"]
+        model = onnx.load(str(built[graph]))
+        assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}          # no com.microsoft ops
+        int32 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT32}
+        assert not [n.name for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int32]
+        print(graph, qdq)
+    checks = TARGET.structural_checks(bundle, Compiled(tmp_path, {"graph_precisions": plan.as_dict(),
+                                                                  "effective_precision": "int8"}))
+    assert [c["name"] for c in checks if c["passed"]][:2] == ["encoder: int8 QDQ graph", "denoiser: int8 QDQ graph"]
+    results = graph_level(OrtRunner(bundle.spec, built), {f"{g}_io": bundle.golden(f"{g}_io")
+                                                          for g in bundle.graph_names()}, gate_for("fp32"))
+    worst = max(r.metrics.rel_l2 for r in results)
+    print(f"int8 QDQ graphs on ONNX Runtime: worst rel-L2 {worst:.3g} against PyTorch")
+    assert 1e-4 < worst < 0.3              # quantized (not float), and still the same function
+    assert list(cwd.iterdir()) == []
+
+
+def test_qdq_problems_name_what_tensorrt_rejects(bundle, tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    assert qdq_problems(bundle.graph("encoder")) == ["no QuantizeLinear/DequantizeLinear nodes: the graph is not "
+                                                     "quantized"]
+    zp = numpy_helper.from_array(np.array(3, np.uint8), "zp")
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="q_asym"),
+             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="dq_asym"),
+             helper.make_node("QuantizeLinear", ["x", "s"], ["q2"], name="q_ms", domain="com.microsoft")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [zp, scale])
+    path = tmp_path / "asym.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert qdq_problems(path) == ["q_asym: quantized type UINT8, TensorRT takes INT8",
+                                  "dq_asym: quantized type UINT8, TensorRT takes INT8",
+                                  "q_ms is in domain 'com.microsoft'; TensorRT parses standard ONNX Q/DQ only"]
 
 
 def test_profile_rows_follow_guidance_and_the_golden_batch(bundle):

@@ -113,16 +113,18 @@ def test_self_test_catches_every_planted_fault(bundle):
     assert [r["fault"] for r in res["faults"]] == list(FAULTS)
     missed = [r for r in res["faults"] if not r["caught"]]
     assert not missed, missed
-    assert res["caught"] == res["applicable"] == 7 and res["passed"]
+    assert res["caught"] == res["applicable"] == 8 and res["passed"]
     layers = {r["fault"]: r["first_failure"]["layer"] for r in res["faults"]}
     assert layers["refresh_shifted"] in ("free_running", "refresh_audit")
+    collapsed = next(r for r in res["faults"] if r["fault"] == "output_collapsed_gates_open")["first_failure"]
+    assert any(w.startswith("tripwire: ") and "constant" in w for w in collapsed["reasons"]), collapsed
 
 
 def test_self_test_cli(bundle):
     res = run_cli("validate", str(bundle), "--target", "onnxruntime", "--self-test", "--reference", "golden")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "PASSED: self-test caught 7 of 7 planted faults" in res.stdout
-    assert res.stdout.count("CAUGHT") == 7
+    assert "PASSED: self-test caught 8 of 8 planted faults" in res.stdout
+    assert res.stdout.count("CAUGHT") == 8
 
 
 def test_bf16_rounding_is_bfloat16():

@@ -2,8 +2,13 @@
 
 One run measures, after a warm-up and interleaved per repeat (so background load hits
 every contender alike), medians over the repeats of: the spec's dual-rate sampler on the
-backend, the same backend with a refresh at every step (single rate), and the PyTorch
-eager reference sampler. Every graph call (encoder, denoiser, and the decoder where the
+backend, the same backend with a refresh at every step (single rate), the PyTorch peers a
+user would pick instead at the backend's precision (eager and ``torch.compile``, bf16/fp16
+under autocast: ``bench_peers``), and for an int8 or mixed plan the same backend at fp32.
+Every row names the precision of each graph and ratios are formed like for like
+(``bench_rows``); the document also has each compiled graph's size on disk, and on OpenVINO
+a cross-check of the per-graph latency with ``benchmark_app`` on the same IR (``bench_ov``),
+run before and after the repeats. Every graph call (encoder, denoiser, and the decoder where the
 spec has one: once per sampler run, on the final samples) is timed by wrapping the
 runner, which gives the per-graph latency and the loop overhead (wall time not spent in
 graph calls). FLOPs are counted once on the model's ``BoundGraph`` modules
@@ -23,7 +28,7 @@ or a lower precision, not better scheduling.
 The PyTorch model comes from the source checkpoint (the manifest's, or ``checkpoint``,
 verified by sha256) or, for a bundle exported from a model handed over in Python, from
 ``BenchOptions.model`` (verified by its weights' sha256). Without one, the FLOP count and
-the torch eager row are reported as not run, with the reason (``not_run``), and the
+the PyTorch rows are reported as not run, with the reason (``not_run``), and the
 backend is still timed.
 """
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +55,9 @@ from dualrate.exporter.sampling import (ArrayNoise, NoiseSource, call_plan, deco
 from dualrate.exporter.spec import FEATURE_PREFIX, ROLE_SAMPLE, Spec
 from dualrate.exporter.spec_builder import every_step
 
+from .bench_rows import (FP32, Contender, artifact_sizes, comparisons, graph_precisions, latency_at_rows, precision_text,
+                         uniform)
+
 MATMUL_N = 4096                     # large enough to run at the machine's sgemm peak (2048: ~8% below)
 COUNTED_WITH = "torch.utils.flop_counter.FlopCounterMode (matmul + convolution)"
 Progress = Callable[[str], None]     # receives ``dualrate.exporter.progress.Event``s (str subclasses)
@@ -65,7 +74,22 @@ class BenchOptions:
     checkpoint: Path | None = None  # default: the manifest's source checkpoint (verified by sha256)
     single_rate: bool = True
     torch_eager: bool = True
+    torch_compile: bool = True      # the torch.compile peer (inductor; compiled during the warm-up)
+    backend_fp32: bool = True       # int8 / mixed plans: the same backend at fp32 in the same run
+    benchmark_app: bool = True      # OpenVINO: cross-check per-graph latency with OpenVINO's benchmark_app
+    benchmark_app_seconds: float = 10.0
     model: Any = None               # a DualRateModel (Python API): the bundle's source, checked by weights sha256
+
+
+def call_rows(feeds: Mapping[str, Any]) -> int:
+    """Rows of one graph call: axis 0 of its inputs (numpy arrays, tensors, ``ov.Tensor``s, or
+    ``OrtValue``s, whose ``shape`` is a method); 0 if none says."""
+    for value in feeds.values():
+        shape = getattr(value, "shape", None)
+        shape = shape() if callable(shape) else shape
+        if shape is not None and len(shape):
+            return int(shape[0])
+    return 0
 
 
 class TimedRunner:
@@ -82,6 +106,8 @@ class TimedRunner:
         start = time.perf_counter()
         out = fn(feeds)
         self.times.setdefault(graph, []).append(time.perf_counter() - start)
+        # rows of the call (axis 0 of every input): benchmark_app's cross-check is at one row count
+        self.rows.setdefault(graph, []).append(call_rows(feeds))
         return out
 
     def encode(self, feeds):
@@ -100,6 +126,7 @@ class TimedRunner:
 
     def reset(self) -> None:
         self.times = {g: [] for g in self.graphs}
+        self.rows: dict[str, list[int]] = {g: [] for g in self.graphs}
 
     def graph_seconds(self) -> float:
         return sum(sum(v) for v in self.times.values())
@@ -251,13 +278,15 @@ def bench_noise(spec: Spec, batch: int, seed: int) -> NoiseSource:
 def timed_sample(runner: TimedRunner, spec: Spec, cond: Mapping[str, np.ndarray], nulls: Mapping[str, np.ndarray],
                  batch: int, seed: int) -> dict[str, Any]:
     """One sampler run (with the decoder where the spec has one): wall time, time inside graph
-    calls, and each call's latency."""
+    calls, each call's latency, and the final samples ``x`` (``decoded``: the decoder's output or
+    None), which ``dualrate tune`` scores."""
     runner.reset()
     noise = bench_noise(spec, batch, seed)
     start = time.perf_counter()
-    sample(runner, spec, cond, noise, nulls=nulls)
+    result = sample(runner, spec, cond, noise, nulls=nulls)
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "graph_s": runner.graph_seconds(), "calls": {g: list(v) for g, v in runner.times.items()}}
+    return {"wall_s": wall, "graph_s": runner.graph_seconds(), "calls": {g: list(v) for g, v in runner.times.items()},
+            "rows": {g: list(v) for g, v in runner.rows.items()}, "x": result.x, "decoded": result.decoded}
 
 
 def warm_up(runner: Any, spec: Spec, cond: Mapping[str, np.ndarray], nulls: Mapping[str, np.ndarray],
@@ -281,6 +310,34 @@ def warm_up(runner: Any, spec: Spec, cond: Mapping[str, np.ndarray], nulls: Mapp
                 runner.denoise(graph_feeds(m.denoiser, role_values(z_in, t_in, t_in, grouped, feats)))
     if m.decoder is not None:
         runner.decode(graph_feeds(m.decoder.graph, {ROLE_SAMPLE: decoder_input(spec, z)}))
+
+
+def back_to_back_ms(runner: Any, spec: Spec, cond: Mapping[str, np.ndarray], nulls: Mapping[str, np.ndarray],
+                    batch: int, seed: int, graph: str, seconds: float) -> float:
+    """Median latency (ms) of ``graph`` called back to back on one call's feeds at the loop's widest row
+    count (the decoder: ``batch`` rows) for ``seconds`` (at least 3 calls): benchmark_app's calling
+    pattern, through this runner. Next to a benchmark_app run it separates the runner's own cost from
+    what the sampler loop around the calls (and the load of the moment) adds."""
+    m = spec.model
+    branches = widest_branches(spec)
+    rows = batch * len(branches)
+    z = np.random.default_rng(seed).standard_normal((batch, *m.sample_shape)).astype(np.float32)
+    z_in, t_in = tile_rows(z, len(branches)), np.full(rows, time_values(spec)[0])
+    grouped = group_conditioning(spec, cond, nulls, branches)
+    feeds = graph_feeds(m.encoder, role_values(z_in, t_in, None, grouped))
+    call = runner.encode
+    if graph == "denoiser":
+        feeds, call = graph_feeds(m.denoiser, role_values(z_in, t_in, t_in, grouped, runner.encode(feeds))), runner.denoise
+    elif graph == "decoder":
+        feeds, call = graph_feeds(m.decoder.graph, {ROLE_SAMPLE: decoder_input(spec, z)}), runner.decode
+    call(feeds)
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while len(times) < 3 or time.perf_counter() < end:
+        start = time.perf_counter()
+        call(feeds)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
 
 
 # ----------------------------------------------------------------------------- the run
@@ -372,9 +429,8 @@ def bench(bundle_path: str | Path, opts: BenchOptions, progress: Progress | None
 
 def _measure(bundle: Bundle, opts: BenchOptions, target: Any, compiled: Any, backend_runner: Any, model: Any,
              no_model: str | None, threads: int, stages: Any) -> dict[str, Any]:
-    """Warm up, then the interleaved repeats; see ``bench``."""
-    from dualrate.exporter.torch_runner import TorchReferenceRunner
-
+    """Warm up every contender (timed: the compile of ``torch.compile`` happens here), then the
+    interleaved repeats, bracketed by OpenVINO's benchmark_app where it applies; see ``bench``."""
     spec = bundle.spec
     graphs = tuple(bundle.graph_names())
     nulls = bundle.nulls()
@@ -387,33 +443,178 @@ def _measure(bundle: Bundle, opts: BenchOptions, target: Any, compiled: Any, bac
             flops = count_graph_flops(model, spec, rows, opts.batch, seed=opts.seed, nulls=nulls)
     else:
         not_run["flops"] = no_model
-
-    runs: dict[str, tuple[TimedRunner, Spec]] = {"dual_rate": (TimedRunner(backend_runner, graphs), spec)}
-    if opts.single_rate:
-        runs["single_rate"] = (TimedRunner(backend_runner, graphs), every_step(spec))
-    else:
-        not_run["single_rate"] = "skipped (--no-single-rate)"
-    if not opts.torch_eager:
-        not_run["torch_eager"] = "skipped (--no-torch)"
-    elif model is None:
-        not_run["torch_eager"] = no_model
-    else:
-        runs["torch_eager"] = (TimedRunner(TorchReferenceRunner(model, spec), graphs), spec)
-    with stages("warm_up", "warming up", total=len(runs)) as advance:
-        for runner, run_spec in runs.values():
-            warm_up(runner.inner, run_spec, cond, nulls, opts.batch, opts.seed)
+    contenders, compiled_by_row = _contenders(bundle, opts, target, compiled, backend_runner, model, no_model,
+                                              not_run, stages)
+    what = "warming up" + (" (torch.compile compiles here)" if "torch_compile" in contenders else "")
+    with stages("warm_up", what, total=len(contenders)) as advance:
+        for c in contenders.values():
+            start = time.perf_counter()
+            warm_up(c.runner.inner, c.spec, cond, nulls, opts.batch, opts.seed)
+            c.info["compile_s" if c.info.get("compile") else "warm_up_s"] = time.perf_counter() - start
             advance()
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
+    app = _benchmark_app_plan(opts, target, compiled, graphs, rows, threads, not_run)
+    app_runs: dict[str, list[dict[str, Any]]] = {g: [] for g in app}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
     matmul: list[dict[str, float]] = []
-    with stages("repeats", f"{opts.repeats} timed repeats of {', '.join(runs)} + matmul",
-                total=opts.repeats * (len(runs) + 1)) as advance:
-        for r in range(opts.repeats):
-            for name, (runner, run_spec) in runs.items():      # interleaved: load drifts hit all alike
-                results[name].append(timed_sample(runner, run_spec, cond, nulls, opts.batch, opts.seed))
+    # benchmark_app runs before and after the repeats: load drifting during the run hits both sides
+    def ours(graph: str) -> float:
+        return back_to_back_ms(backend_runner, spec, cond, nulls, opts.batch, opts.seed, graph,
+                               opts.benchmark_app_seconds)
+
+    _run_benchmark_app(app, app_runs, opts, not_run, stages, "before", ours)
+    with stages("repeats", f"{opts.repeats} timed repeats of {', '.join(contenders)} + matmul",
+                total=opts.repeats * (len(contenders) + 1)) as advance:
+        for _ in range(opts.repeats):
+            for name, c in contenders.items():      # interleaved: load drifts hit all alike
+                results[name].append(timed_sample(c.runner, c.spec, cond, nulls, opts.batch, opts.seed))
                 advance()
             matmul.append(matmul_gflops())
             advance()
-    return summarize(bundle, spec, opts, target, compiled, flops, rows, results, matmul, threads, not_run)
+    _run_benchmark_app(app, app_runs, opts, not_run, stages, "after", ours)
+    doc = summarize(bundle, spec, opts, target, compiled, flops, rows, results, matmul, threads, not_run)
+    _add_rows(doc, contenders, compiled_by_row, results, graphs)
+    if app_runs and all(app_runs.values()):
+        from .bench_ov import cross_check
+
+        in_loop = {g: _ms(latency_at_rows(results["dual_rate"], g, r)) for g, (_, r, _) in app.items()}
+        doc["benchmark_app"] = {"tool": "OpenVINO benchmark_app (sync API, 1 infer request, latency hint, 1 stream, "
+                                        "the runner's properties)",
+                                "seconds_per_run": opts.benchmark_app_seconds, "bracketing": "one run before the "
+                                "repeats and one after, medians averaged; each right after the runner's own "
+                                "back-to-back calls of the same graph for as long", "graphs": cross_check(in_loop, app_runs)}
+    return doc
+
+
+def _contenders(bundle: Bundle, opts: BenchOptions, target: Any, compiled: Any, backend_runner: Any, model: Any,
+                no_model: str | None, not_run: dict[str, str], stages: Any) -> tuple[dict[str, Contender], dict]:
+    """The rows of this run: the backend (dual and single rate), the same backend at fp32 for an int8
+    or mixed plan, and the PyTorch peers at the precision of the backend row they are compared with."""
+    from .bench_peers import NO_INT8_PEER, TORCH_PRECISIONS, peer_runner, peers_for
+
+    spec, graphs = bundle.spec, tuple(bundle.graph_names())
+    precisions = graph_precisions(compiled, graphs)
+    backend = {"runtime": f"{target.name} {target.runtime_version()}", "graph_precisions": precisions,
+               "precision": precision_text(precisions), "target_dir": compiled.path.name}
+    out = {"dual_rate": Contender("dual_rate", f"{target.name} dual-rate (spec)", TimedRunner(backend_runner, graphs),
+                                  spec, {**backend, "schedule": "dual-rate"})}
+    compiled_by_row = {"dual_rate": compiled}
+    if opts.single_rate:
+        out["single_rate"] = Contender("single_rate", f"{target.name} single-rate (refresh every step)",
+                                       TimedRunner(backend_runner, graphs), every_step(spec),
+                                       {**backend, "schedule": "single-rate"})
+        compiled_by_row["single_rate"] = compiled
+    else:
+        not_run["single_rate"] = "skipped (--no-single-rate)"
+    peer_precision = uniform(precisions) if uniform(precisions) in TORCH_PRECISIONS else None
+    if peer_precision is None:             # int8 / a mixed plan: PyTorch has no peer at this precision
+        not_run["torch_int8"] = NO_INT8_PEER
+        if opts.backend_fp32:
+            with stages("compile_fp32", f"compiling {target.name} fp32 (or reusing the cache) for the int8 comparison"):
+                fp32 = target.compile(bundle, "fp32")
+            fp32_precisions = graph_precisions(fp32, graphs)
+            out["backend_fp32"] = Contender(
+                "backend_fp32", f"{target.name} dual-rate (spec), fp32", TimedRunner(
+                    target.open_runner(bundle, fp32, threads=opts.threads), graphs), spec,
+                {**backend, "graph_precisions": fp32_precisions, "precision": precision_text(fp32_precisions),
+                 "target_dir": fp32.path.name, "schedule": "dual-rate"})
+            compiled_by_row["backend_fp32"] = fp32
+            peer_precision = FP32          # the peers are compared with the backend's fp32 row
+        else:
+            not_run["backend_fp32"] = "skipped (--no-backend-fp32)"
+    wanted = {"torch_eager": opts.torch_eager, "torch_compile": opts.torch_compile}
+    for key, on in wanted.items():
+        if not on:
+            not_run[key] = f"skipped (--no-{key.replace('_', '-').replace('torch-eager', 'torch')})"
+        elif model is None:
+            not_run[key] = no_model or "no PyTorch model"
+        elif peer_precision is None:
+            not_run[key] = f"no row at a precision PyTorch runs ({', '.join(TORCH_PRECISIONS)}) to compare it with"
+    if model is not None and peer_precision is not None:
+        for peer in peers_for(peer_precision, compiled=opts.torch_compile):
+            if wanted[peer.key]:
+                out[peer.key] = Contender(peer.key, f"{peer.label}, dual-rate", TimedRunner(
+                    peer_runner(model, spec, peer), graphs), spec,
+                    {**peer.describe(), "graph_precisions": {g: peer.precision for g in graphs},
+                     "schedule": "dual-rate"})
+    return out, compiled_by_row
+
+
+def _benchmark_app_plan(opts: BenchOptions, target: Any, compiled: Any, graphs: tuple[str, ...], rows: int,
+                        threads: int, not_run: dict[str, str]) -> dict[str, tuple[Path, int, dict[str, str]]]:
+    """graph -> (IR the runner loads, rows per call, the runner's properties) for the benchmark_app
+    cross-check; empty (with the reason in ``not_run``) where it does not apply."""
+    if target.name != "openvino":
+        return {}
+    if not opts.benchmark_app:
+        not_run["benchmark_app"] = "skipped (--no-benchmark-app)"
+        return {}
+    from .bench_ov import benchmark_app_command, graph_properties
+
+    if benchmark_app_command() is None:
+        not_run["benchmark_app"] = "OpenVINO's benchmark_app is not installed beside this Python or on PATH"
+        return {}
+    plan = {}
+    for g in graphs:
+        xml = compiled.path / f"{g}.xml"
+        if not xml.is_file():
+            not_run["benchmark_app"] = f"the compiled target has no {xml.name}"
+            return {}
+        plan[g] = (xml, opts.batch if g == "decoder" else rows, graph_properties(compiled.record, g, threads))
+    return plan
+
+
+def _run_benchmark_app(plan: Mapping[str, tuple[Path, int, dict[str, str]]], runs: dict[str, list[dict[str, Any]]],
+                       opts: BenchOptions, not_run: dict[str, str], stages: Any, when: str,
+                       ours: Callable[[str], float]) -> None:
+    """One benchmark_app run per graph, each right after ``ours(graph)`` (the runner's back-to-back median)."""
+    if not plan or "benchmark_app" in not_run:
+        return
+    from .bench_ov import run_benchmark_app
+
+    with stages(f"benchmark_app_{when}", f"OpenVINO benchmark_app on the same IR ({when} the repeats)",
+                total=len(plan)) as advance:
+        for g, (xml, rows, props) in plan.items():
+            try:
+                mine = ours(g)
+                runs[g].append({**run_benchmark_app(xml, rows, props, opts.benchmark_app_seconds),
+                                "ours_back_to_back_ms": mine})
+            except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
+                not_run["benchmark_app"] = str(exc)
+                return
+            advance()
+
+
+def _add_rows(doc: dict[str, Any], contenders: Mapping[str, Contender], compiled_by_row: Mapping[str, Any],
+              results: Mapping[str, list[dict[str, Any]]], graphs: tuple[str, ...]) -> None:
+    """Every row with its precision, time and per-graph latency; the like-for-like ratios; sizes on disk."""
+    doc["rows"] = {}
+    for key, c in contenders.items():
+        lat = graph_latency(results[key], graphs)
+        doc["rows"][key] = {"label": c.label, **c.info, "time_s": _median_wall(results[key]),
+                            "latency_ms": {g: _ms(lat[g]) for g in graphs},
+                            "loop_overhead": loop_overhead(results[key])}
+        doc["times_s"][key] = doc["rows"][key]["time_s"]
+    doc["comparisons"] = comparisons(doc["rows"])
+    for peer in ("torch_eager", "torch_compile"):
+        if peer in doc["rows"] and doc["rows"][peer]["precision"] != FP32:
+            doc.pop(f"vs_{peer}_ceiling", None)      # the fp32 matmul-rate ceiling says nothing about bf16 work
+    for cmp in doc["comparisons"]:
+        if cmp["row"] == "dual_rate":
+            doc[cmp["name"]] = cmp["ratio"]
+    doc["sizes"] = {}
+    for key, compiled in compiled_by_row.items():
+        name = compiled.path.name
+        if name not in doc["sizes"]:
+            doc["sizes"][name] = {"bytes": artifact_sizes(compiled, graphs),
+                                  "graph_precisions": doc["rows"][key]["graph_precisions"]}
+    if "backend_fp32" in compiled_by_row:
+        small = doc["sizes"][compiled_by_row["dual_rate"].path.name]["bytes"]
+        big = doc["sizes"][compiled_by_row["backend_fp32"].path.name]["bytes"]
+        doc["size_ratio_fp32_over_this"] = {g: big[g] / small[g] for g in (*graphs, "total") if small[g]}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
 
 
 # ----------------------------------------------------------------------------- the document
@@ -504,17 +705,19 @@ def summarize(bundle: Bundle, spec: Spec, opts: BenchOptions, target: Any, compi
         doc["speedup_realized"] = doc["times_s"]["single_rate"] / dual_s
         doc["speedup_fraction_of_bound"] = (None if doc["speedup_bound"] is None
                                             else doc["speedup_realized"] / doc["speedup_bound"])
-    if "torch_eager" in results:
-        eager = results["torch_eager"]
-        doc["times_s"]["torch_eager"] = _median_wall(eager)
-        doc["vs_torch_eager"] = doc["times_s"]["torch_eager"] / dual_s
-        # the best any backend could do with these FLOPs: every one at the measured matmul rate
-        doc["vs_torch_eager_ceiling"] = (None if counted is None else doc["times_s"]["torch_eager"]
-                                         / (counted["dual_rate_run"] / (doc["matmul_gflops"] * 1e9)))
-        t_lat = graph_latency(eager, graphs)
-        doc["torch_eager"] = {"latency_ms": {g: None if t_lat[g] is None else t_lat[g] * 1e3 for g in graphs},
-                              **{f"{g}_gflops": _rate(f[g], t_lat[g]) for g in graphs},
-                              "loop_overhead": loop_overhead(eager)}
+    for peer in ("torch_eager", "torch_compile"):
+        if peer not in results:
+            continue
+        runs = results[peer]
+        doc["times_s"][peer] = _median_wall(runs)
+        t_lat = graph_latency(runs, graphs)
+        doc[peer] = {"latency_ms": {g: None if t_lat[g] is None else t_lat[g] * 1e3 for g in graphs},
+                     **{f"{g}_gflops": _rate(f[g], t_lat[g]) for g in graphs},
+                     "loop_overhead": loop_overhead(runs)}
+        if counted is not None:
+            # the best any backend could do with these FLOPs at fp32: every one at the measured matmul rate
+            # (only quoted where the peer and the backend both compute in fp32; see console_table)
+            doc[f"vs_{peer}_ceiling"] = doc["times_s"][peer] / (counted["dual_rate_run"] / (doc["matmul_gflops"] * 1e9))
     return doc
 
 
@@ -536,27 +739,30 @@ def machine_info() -> dict[str, Any]:
             "system": f"{platform.system()} {platform.release()}"}
 
 
-RUN_LABELS = (("dual_rate", "dual-rate (spec)"), ("single_rate", "single-rate (refresh every step)"),
-              ("torch_eager", "torch eager, dual-rate"))
-
-
 def console_table(doc: dict[str, Any]) -> str:
-    """The results as a readable table."""
+    """The results as a readable table; every row names its precision, and ratios are like for like."""
+    from .bench_rows import benchmark_app_table, rows_table, sizes_table
+
     s, t = doc["setup"], doc["target"]
     not_run = doc.get("not_run", {})
+    rows = doc.get("rows", {})
+    mine = rows.get("dual_rate", {}).get("graph_precisions", {})
+    size = doc.get("sizes", {}).get(rows.get("dual_rate", {}).get("target_dir"), {}).get("bytes", {})
+    peer_prec = {k: precision_text(rows[k]["graph_precisions"]) for k in ("torch_eager", "torch_compile") if k in rows}
     lines = [f"dualrate bench: {t['backend']} {t['effective_precision']} (runtime {t['runtime_version']}), "
              f"{doc['machine']['cpu']}, {s['threads']} threads",
              f"  {s['num_steps']} steps, {s['encoder_calls']} encoder calls, guidance {s['guidance']}, batch "
              f"{s['batch']} ({s['rows_per_call']} rows per call), medians over {s['repeats']} repeats",
              "",
-             f"  {'graph':<10}{'GFLOP/call':>12}{'latency ms':>12}{'GFLOP/s':>10}{'torch ms':>10}{'torch GFLOP/s':>15}"]
-    eager = doc.get("torch_eager", {})
+             f"  {'graph':<10}{'precision':>10}{'GFLOP/call':>12}{'latency ms':>12}{'GFLOP/s':>10}{'size MB':>9}"
+             + "".join(f"{(k.replace('torch_', 'torch ') + ' ms (' + p + ')'):>26}" for k, p in peer_prec.items())]
     for g in doc["latency_ms"]:
         gflop = doc["flops"].get(g + "_call")
-        lines.append(f"  {g:<10}{_num(None if gflop is None else gflop / 1e9, '.2f'):>12}"
-                     f"{_num(doc['latency_ms'][g], '.1f'):>12}"
-                     f"{_num(doc.get(g + '_gflops'), '.1f'):>10}{_num(eager.get('latency_ms', {}).get(g), '.1f'):>10}"
-                     f"{_num(eager.get(g + '_gflops'), '.1f'):>15}")
+        lines.append(f"  {g:<10}{mine.get(g, t['effective_precision']):>10}"
+                     f"{_num(None if gflop is None else gflop / 1e9, '.2f'):>12}"
+                     f"{_num(doc['latency_ms'][g], '.1f'):>12}{_num(doc.get(g + '_gflops'), '.1f'):>10}"
+                     f"{_num(None if g not in size else size[g] / 1e6, '.1f'):>9}"
+                     + "".join(f"{_num(doc[k]['latency_ms'].get(g), '.1f'):>26}" for k in peer_prec))
     if "decoder" in doc["latency_ms"]:
         lines.append(f"  (decoder: once per sampler run, on the {s['batch']} final samples)")
     share = ("" if doc.get("encoder_gflops") is None
@@ -564,12 +770,10 @@ def console_table(doc: dict[str, Any]) -> str:
     lines.append(f"  matmul    {doc['matmul']['source']}: {doc['matmul_gflops']:.1f} GFLOP/s{share}")
     if "flops" in not_run:
         lines.append(f"  FLOPs not counted: {not_run['flops']}")
-    lines += ["", f"  {'sampler run':<34}{'time s':>9}"]
-    for name, label in RUN_LABELS:
-        if name in doc["times_s"]:
-            lines.append(f"  {label:<34}{doc['times_s'][name]:>9.2f}")
-        elif name in not_run:
-            lines.append(f"  {label:<34}{'not run':>9}: {not_run[name]}")
+    lines += ["", *rows_table(doc)]
+    for name in ("single_rate", "backend_fp32", "torch_eager", "torch_compile", "torch_int8", "benchmark_app"):
+        if name in not_run:
+            lines.append(f"  {name.replace('_', ' ')} not run: {not_run[name]}")
     lines.append("")
     bound = doc.get("speedup_bound")
     if "speedup_realized" in doc and bound is not None:
@@ -579,16 +783,20 @@ def console_table(doc: dict[str, Any]) -> str:
         lines.append(f"  speedup realized {doc['speedup_realized']:.2f}x (FLOP bound not counted)")
     elif bound is not None:
         lines.append(f"  speedup bound {bound:.2f}x (single rate not measured)")
-    ceiling = doc.get("vs_torch_eager_ceiling")
-    if "vs_torch_eager" in doc and ceiling is None:
-        lines.append(f"  vs torch eager   {doc['vs_torch_eager']:.2f}x (FLOPs not counted: no ceiling)")
-    elif "vs_torch_eager" in doc and t["effective_precision"] == "fp32":
-        lines.append(f"  vs torch eager   {doc['vs_torch_eager']:.2f}x (ceiling {ceiling:.2f}x: "
-                     f"every FLOP at the matmul rate; this run: {doc['dual_rate_fraction_of_matmul']:.0%} of it)")
-    elif "vs_torch_eager" in doc:       # the ceiling is fp32 arithmetic; this run did less precise, cheaper work
-        lines.append(f"  vs torch eager   {doc['vs_torch_eager']:.2f}x (computing in {t['effective_precision']} against "
-                     f"fp32 eager; the fp32 ceiling {ceiling:.2f}x does not apply)")
+    for peer in ("torch_eager", "torch_compile"):
+        key, ceiling = f"vs_{peer}", doc.get(f"vs_{peer}_ceiling")
+        if key not in doc:
+            continue
+        what = peer.replace("_", " ").replace("torch compile", "torch.compile")
+        if ceiling is not None and peer_prec.get(peer) == "fp32":
+            lines.append(f"  vs {what:<14}{doc[key]:.2f}x at fp32 (ceiling {ceiling:.2f}x: every FLOP at the "
+                         f"matmul rate; this run: {doc['dual_rate_fraction_of_matmul']:.0%} of it)")
+        else:                           # the fp32 ceiling does not apply to reduced-precision arithmetic
+            lines.append(f"  vs {what:<14}{doc[key]:.2f}x, both computing in {peer_prec[peer]}")
     lines.append(f"  loop overhead    {doc['loop_overhead']:.1%} of sampler wall time")
+    for extra in (sizes_table(doc), benchmark_app_table(doc)):
+        if extra:
+            lines += ["", *extra]
     return "\n".join(lines)
 
 

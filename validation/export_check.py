@@ -48,15 +48,17 @@ def export_bundle(model: DualRateModel | str | Path, out: str | Path, opts: Expo
                   calibrate_precisions: bool | Sequence[str] = False) -> ExportResult:
     """Export ``model`` (a ``DualRateModel`` or a checkpoint path) to a verified bundle at ``out``.
 
-    ``calibrate_precisions`` (True: bf16 and fp16, or a list of them) also stores the reduced-precision
-    gate calibration now instead of when a reduced-precision target is first compiled or validated
-    (it is outside the hashed payload: the bundle's fp32 content is the same either way).
+    ``calibrate_precisions`` (True: fp32, bf16 and fp16, or a list of them) also stores the gate
+    calibration now (``fp32``: the reference's own fp32 error, from which the fp32 gates are set;
+    ``bf16``/``fp16``: the per-call gates) instead of when a validate or a reduced-precision compile
+    first needs it where the model is at hand. It is outside the hashed payload: the bundle's fp32
+    content is the same either way. A CI that validates without PyTorch exports with it.
     """
     from dualrate.exporter.checkpoint import load_checkpoint
-    from dualrate.exporter.precision_calibration import LOW_PRECISIONS
+    from dualrate.exporter.precision_calibration import CALIBRATED
     from dualrate.targets.base import get_target
 
-    precisions = _precisions(calibrate_precisions, LOW_PRECISIONS)
+    precisions = _precisions(calibrate_precisions, CALIBRATED)
     stages = Stages(progress)
     with stages("load", "loading the model"):
         if isinstance(model, DualRateModel):

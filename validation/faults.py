@@ -133,6 +133,19 @@ class Bf16Outputs(_Wrapper):
         return bf16_round(self.inner.denoise(feeds))
 
 
+class CollapsedOutput(_Wrapper):
+    """The denoiser's prediction collapses to one value per sample (a saturated int8 scale does this)."""
+
+    def denoise(self, feeds):
+        pred = np.asarray(self.inner.denoise(feeds))
+        axes = tuple(range(1, pred.ndim))
+        return np.ascontiguousarray(np.broadcast_to(pred.mean(axis=axes, keepdims=True), pred.shape), pred.dtype)
+
+
+# every gate wide open: what still fails is the tripwire alone
+OPEN_GATES = {"*": {"rel_l2": float("inf"), "cosine": -1.0, "psnr_db": float("-inf")}}
+
+
 def perturb_weights(bundle_dir: Path, graph: str = "encoder", rel: float = 1e-3, seed: int = 0) -> int:
     """Multiply every weight matrix/kernel of ``graph`` elementwise by (1 + rel * random sign), then
     re-hash the bundle (a silently wrong export, not tampering). Returns how many tensors changed.
@@ -185,7 +198,7 @@ def perturb_one_weight(bundle_dir: Path, graph: str = "encoder", rel: float = 1e
 
 
 FAULTS = ("weight_perturbed", "one_weight_perturbed", "refresh_shifted", "features_swapped", "context_time_current",
-          "guidance_one_net", "bf16_under_fp32_gate")
+          "guidance_one_net", "bf16_under_fp32_gate", "output_collapsed_gates_open")
 
 
 def self_test(bundle_path: str | Path, opts: ValidateOptions,
@@ -195,7 +208,8 @@ def self_test(bundle_path: str | Path, opts: ValidateOptions,
     from dualrate.exporter.progress import Stages
 
     stages = Stages(progress)
-    opts = dataclasses.replace(opts, cache={} if opts.cache is None else opts.cache)
+    # the planted faults are judged by the layers; the swap runs' diagnosis would only cost time
+    opts = dataclasses.replace(opts, cache={} if opts.cache is None else opts.cache, swap_runs=False)
     bundle = open_bundle(bundle_path)
     spec = bundle.spec
     with stages("clean", "clean run"):
@@ -244,6 +258,10 @@ def self_test(bundle_path: str | Path, opts: ValidateOptions,
             elif fault == "bf16_under_fp32_gate":
                 fault_opts.runner_wrapper = Bf16Outputs
                 fault_opts.gate_precision = "fp32"
+            elif fault == "output_collapsed_gates_open":
+                fault_opts.runner_wrapper = CollapsedOutput
+                fault_opts.gate_overrides = OPEN_GATES
+                note = "every gate open: only the tripwire can catch it"
             with stages(fault, f"planted fault: {fault}"):
                 doc, _ = validate(path, fault_opts)
             rows.append(_row(fault, doc, note))

@@ -30,6 +30,7 @@ from dualrate.exporter.spec_builder import every_step
 from .gates import Gate
 from .graph_parity import CheckResult, run_graph
 from .metrics import compare
+from .tripwire import tripwire
 
 
 def _worst(results: list[tuple[int, Any]]) -> tuple[int, Any]:
@@ -38,14 +39,17 @@ def _worst(results: list[tuple[int, Any]]) -> tuple[int, Any]:
 
 def teacher_forced(runner: Any, spec: Spec, traj: dict[str, np.ndarray], gate: Gate,
                    call_gates: dict[tuple[str, str], Gate] | None = None,
-                   nulls: dict[str, np.ndarray] | None = None) -> list[CheckResult]:
+                   nulls: dict[str, np.ndarray] | None = None, plan: Any = None) -> list[CheckResult]:
     """Per step: reference z_i and reference features in, backend features/prediction out;
-    each step is held to the (calibrated) per-call gate of its output."""
+    each step is held to the (calibrated) per-call gate of its output (with ``plan``, a
+    ``gates.PlanGates``: its graph's precision's gate for that step, by step band for int8) and
+    passes the tripwire."""
     m = spec.model
     cond = trajectory_conditioning(traj)
     feature_names = [o.name for o in m.encoder.outputs]
     times = time_values(spec)
     per_output: dict[tuple[str, str], list[tuple[int, Any]]] = {}
+    trips: dict[tuple[str, str], list[tuple[int, str]]] = {}
     for i, calls in enumerate(call_plan(spec)):
         z = traj["noise"][0] if i == 0 else traj["z"][i - 1]                       # reference state [B, C, H, W]
         for call in calls:
@@ -58,22 +62,35 @@ def teacher_forced(runner: Any, spec: Spec, traj: dict[str, np.ndarray], gate: G
                 for name in feature_names:
                     ref = traj[teacher_key("encoder", i, call.branches, name)]
                     per_output.setdefault(("encoder", name), []).append((i, compare(got[name], ref)))
+                    trips.setdefault(("encoder", name), []).extend((i, w) for w in tripwire(got[name], ref))
             feats = {name: traj[teacher_key("encoder", call.ctx_step, call.branches, name)] for name in feature_names}
             feeds = graph_feeds(m.denoiser, role_values(z_in, t_i, t_ctx, rows_cond, feats))
             got = run_graph(runner, "denoiser", feeds)["prediction"]
             ref = traj[teacher_key("denoiser", i, call.branches, "prediction")]
             per_output.setdefault(("denoiser", "prediction"), []).append((i, compare(got, ref)))
+            trips.setdefault(("denoiser", "prediction"), []).extend((i, w) for w in tripwire(got, ref))
     results = []
+    n = spec.sampler.num_steps
     for (graph, name), steps in per_output.items():
-        step_gate = (call_gates or {}).get((graph, name), gate)
-        failing = [(i, m) for i, m in steps if step_gate.check(m)]
+        if plan is not None:
+            gates = {i: plan.call(graph, name, i, n) for i, _ in steps}
+        else:
+            gates = {i: (call_gates or {}).get((graph, name), gate) for i, _ in steps}
+        failing = [(i, m) for i, m in steps if gates[i].check(m)]
         worst_step, worst = _worst(steps)
         first = failing[0] if failing else None
+        reasons = gates[first[0]].check(first[1]) if first else []
+        tripped = trips.get((graph, name)) or []
+        if tripped:
+            reasons = reasons + [f"{w} (step {tripped[0][0]})" for i, w in tripped if i == tripped[0][0]]
+        step = first[0] if first else (tripped[0][0] if tripped else None)
         results.append(CheckResult(
-            "teacher_forced", graph, name, worst, step_gate.check(first[1]) if first else [],
-            {"step": first[0] if first else None, "worst_step": worst_step, "gate_rel_l2": step_gate.rel_l2,
+            "teacher_forced", graph, name, worst, reasons,
+            {"step": step, "worst_step": worst_step, "gate_rel_l2": gates[step if step is not None else worst_step].rel_l2,
              "steps": [i for i, _ in steps],
-             "per_step_rel_l2": [m.rel_l2 for _, m in steps]}))
+             "per_step_rel_l2": [m.rel_l2 for _, m in steps],
+             "per_step_one_minus_cos": [1.0 - m.cosine for _, m in steps],
+             "per_step_gate_rel_l2": [gates[i].rel_l2 for i, _ in steps]}))
     return results
 
 
@@ -97,14 +114,16 @@ def free_running(runner: Any, spec: Spec, trajectories: dict[str, dict[str, np.n
         final = compare(res.x, traj["final"])
         first_bad = next((i for i, m in enumerate(per_step) if gate.check(m)), None)
         results.append(CheckResult("free_running", "sampler", f"final[{name}]", final,
-                                   gate.check(final, final_sample=True),
+                                   gate.check(final, final_sample=True)
+                                   + tripwire(res.x, traj["final"], spec.model.data_range),
                                    {"step": first_bad, "seed": int(traj["seed"]), "trajectory": name,
                                     "gate_rel_l2": gate.rel_l2, "refresh_log": res.refresh_log}))
         if res.decoded is not None and "decoded" in traj:
             decoded = compare(res.decoded, traj["decoded"])
             dgate = decoded_gate or gate
             results.append(CheckResult("free_running", "decoder", f"decoded[{name}]", decoded,
-                                       dgate.check(decoded, final_sample=True),
+                                       dgate.check(decoded, final_sample=True)
+                                       + tripwire(res.decoded, traj["decoded"], spec.model.decoder.data_range),
                                        {"seed": int(traj["seed"]), "trajectory": name, "gate_rel_l2": dgate.rel_l2}))
         if drift is None:
             drift = {"trajectory": name, "steps": list(range(len(per_step))),
@@ -154,7 +173,7 @@ def cache_equivalence(runner: Any, spec: Spec, traj: dict[str, np.ndarray], gate
     first_bad = next((i for i, m in enumerate(per_step) if gate.check(m)), None)
     final = compare(res.x, traj["final"])
     return [CheckResult("cache_equivalence", "sampler", "final[every_step]", final,
-                        gate.check(final, final_sample=True),
+                        gate.check(final, final_sample=True) + tripwire(res.x, traj["final"], spec.model.data_range),
                         {"step": first_bad, "gate_rel_l2": gate.rel_l2,
                          "per_step_rel_l2": [m.rel_l2 for m in per_step]})]
 

@@ -103,13 +103,22 @@ def _gate_text(name: str | None, gate: dict[str, Any] | None, result: dict[str, 
     if not gate:
         return "no gate recorded"
     gates = (result or {}).get("gates") or {}
+    per_graph, sampler = gates.get("per_graph"), gates.get("sampler")
+    if gates.get("kind") == "per-graph" and isinstance(per_graph, dict) and isinstance(sampler, dict):
+        each = "; ".join(f"{g} {v.get('precision')} (rel-L2 \u2264 {_fmt(v.get('rel_l2'), 'g')}, cosine \u2265 "
+                         f"{_fmt(v.get('cosine'), 'g')})" for g, v in per_graph.items() if isinstance(v, dict))
+        return (f"gates per graph: {each}; sampler checks at the loosest, {sampler.get('precision')}: rel-L2 \u2264 "
+                f"{_fmt(sampler.get('rel_l2'), 'g')}, cosine \u2265 {_fmt(sampler.get('cosine'), 'g')}, PSNR \u2265 "
+                f"{_fmt(sampler.get('psnr_db'), 'g')} dB (final samples); no non-finite values"
+                + ("; int8 calls by step band (gates.bands)" if gates.get("bands") else ""))
     if gates.get("kind") == "floor-calibrated":
         return (f"gate {name}, floor-calibrated: rel-L2 \u2264 {_fmt(gates.get('floor_factor'), 'g')} \u00d7 the "
                 f"reference's own fp32 error per check (at least {_fmt(gates.get('floor_min_rel_l2'), 'g')}, at most "
                 f"{_fmt(gate.get('rel_l2'), 'g')}), cosine \u2265 {_fmt(gate.get('cosine'), 'g')}, "
                 f"PSNR \u2265 {_fmt(gate.get('psnr_db'), 'g')} dB (final samples), no non-finite values")
+    bands = "; single calls by step band (gates.bands)" if gates.get("bands") else ""
     return (f"gate {name}: rel-L2 \u2264 {_fmt(gate.get('rel_l2'), 'g')}, cosine \u2265 {_fmt(gate.get('cosine'), 'g')}, "
-            f"PSNR \u2265 {_fmt(gate.get('psnr_db'), 'g')} dB (final samples), no non-finite values")
+            f"PSNR \u2265 {_fmt(gate.get('psnr_db'), 'g')} dB (final samples), no non-finite values{bands}")
 
 
 def _layers(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -301,6 +310,14 @@ def junit_xml(result: dict[str, Any]) -> str:
     props = ET.SubElement(suite, "properties")
     for key, val in _provenance(result):
         ET.SubElement(props, "property", {"name": _x(key), "value": _x(val)})
+    for i, note in enumerate(_notes(result), 1):
+        ET.SubElement(props, "property", {"name": f"note {i}", "value": _x(note)})
+    for stage, seconds in _timings(result):
+        ET.SubElement(props, "property", {"name": _x(f"seconds {stage}"), "value": _x(seconds)})
+    for row in _fidelity_rows(result):
+        ET.SubElement(props, "property", {"name": _x(f"fidelity {row['name']}"),
+                                          "value": _x(f"{row['plan']}: final PSNR {row['psnr']} vs fp32 reference"
+                                                      + (f" ({row['note']})" if row["note"] else ""))})
     gate_line = _gate_text(*_gate(result), result)
     for layer in _layers(result):
         _layer_cases(suite, layer, result, gate_line)
@@ -318,6 +335,9 @@ def junit_xml(result: dict[str, Any]) -> str:
               "skipped": sum(1 for c in cases if c.find("skipped") is not None)}
     for el in (root, suite):
         el.attrib.update({k: str(v) for k, v in counts.items()})
+    total = dict(_timings(result)).get("total")
+    if total is not None:
+        suite.set("time", total)
     ET.indent(root, space=" ")
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -382,6 +402,7 @@ def console_summary(result: dict[str, Any]) -> str:
         if len(bad) > 3:
             lines.append(f"      ... and {len(bad) - 3} more")
     lines += _baseline_lines(result)
+    lines += _fidelity_lines(result)
     verdict = result.get("verdict")
     if verdict == "PASSED":
         skipped = [str(l.get("layer")) for l in _layers(result) if l.get("status") == "not_run"]
@@ -395,6 +416,18 @@ def console_summary(result: dict[str, Any]) -> str:
     else:   # fail closed on a document we do not understand
         lines.append(f"FAILED: the results document has no recognised verdict ({verdict!r})")
     return "\n".join(lines)
+
+
+def _fidelity_lines(result: dict[str, Any]) -> list[str]:
+    """Final PSNR vs the fp32 reference for a run with a reduced graph, and per swap run."""
+    rows = _fidelity_rows(result)
+    if not rows or not ((result.get("fidelity") or {}).get("reduced_graphs")):
+        return []
+    gate = _fidelity_gate(result)
+    head = f"  {'fidelity':18s} final PSNR {rows[0]['psnr']} vs the fp32 reference" + (f" (gate \u2265 {gate})" if gate else "")
+    parts = [f"{r['name']} ({r['plan']}) {r['psnr']}" if not r["note"].startswith("not run") else
+             f"{r['name']} ({r['plan']}) {r['note']}" for r in rows[1:]]
+    return [head] + ([f"      {p}" for p in parts])
 
 
 def _baseline_lines(result: dict[str, Any]) -> list[str]:
@@ -622,8 +655,9 @@ def _provenance(result: dict[str, Any]) -> list[tuple[str, str]]:
     if b.get("source_checkpoint_sha256") and not isinstance(result.get("source"), dict):
         rows.append(("source checkpoint sha256", b["source_checkpoint_sha256"]))
     rows += [("backend", t.get("backend")), ("device", t.get("device")), ("runtime version", t.get("runtime_version")),
-             ("requested precision", t.get("requested_precision")), ("effective precision", t.get("effective_precision")),
-             ("reference", result.get("reference"))]
+             ("requested precision", t.get("requested_precision")), ("effective precision", t.get("effective_precision"))]
+    rows += [(f"precision {g}", p) for g, p in _graph_precisions(result).items()]
+    rows.append(("reference", result.get("reference")))
     if isinstance(result.get("machine"), dict):
         rows.append(("machine", machine_text(result["machine"])))
     if t.get("note"):
@@ -633,6 +667,59 @@ def _provenance(result: dict[str, Any]) -> list[tuple[str, str]]:
     gname, gate = _gate(result)
     rows.append(("gate", _gate_text(gname, gate, result)))
     return [(k, "\u2014" if v is None else str(v)) for k, v in rows]
+
+
+def _graph_precisions(result: dict[str, Any]) -> dict[str, str]:
+    """The effective precision of each graph: what the run judged each graph at (``gates``), else
+    what the compile record says (``target``)."""
+    got = ((result.get("gates") or {}).get("graph_precisions") or (result.get("target") or {}).get("graph_precisions"))
+    return {str(g): str(p) for g, p in got.items()} if isinstance(got, dict) else {}
+
+
+def _notes(result: dict[str, Any]) -> list[str]:
+    return [_one_line(n) for n in result.get("notes") or []]
+
+
+def _timings(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """Each stage's seconds (``timings``), in run order, and their total."""
+    t = result.get("timings")
+    if not isinstance(t, dict) or not t:
+        return []
+    rows = [(str(k), _fmt(v, ".2f")) for k, v in t.items() if isinstance(v, (int, float))]
+    total = sum(float(v) for v in t.values() if isinstance(v, (int, float)))
+    return rows + [("total", _fmt(total, ".2f"))]
+
+
+def _fidelity_rows(result: dict[str, Any]) -> list[dict[str, str]]:
+    """The final fidelity vs the fp32 reference: this run, then each swap run (one reduced graph)."""
+    f = result.get("fidelity")
+    if not isinstance(f, dict) or not isinstance(f.get("final"), dict):
+        return []
+
+    def row(name: str, plan: str, entry: dict[str, Any], status: str = "measured") -> dict[str, str]:
+        final, dec = entry.get("final") or {}, entry.get("decoded") or {}
+        if status not in ("measured", "this run"):
+            return {"name": name, "plan": plan, "psnr": "\u2014", "rel_l2": "\u2014", "decoded": "\u2014",
+                    "note": f"not run: {_one_line(entry.get('reason') or status)}"}
+        psnr = "non-finite" if final.get("non_finite") else f"{_fmt(final.get('psnr_db'), '.1f')} dB"
+        return {"name": name, "plan": plan, "psnr": psnr, "rel_l2": _fmt(final.get("rel_l2")),
+                "decoded": f"{_fmt(dec.get('psnr_db'), '.1f')} dB" if dec else "\u2014",
+                "note": "; ".join(_one_line(x) for x in entry.get("tripwire") or [])
+                        or ("the run itself" if status == "this run" else "")}
+
+    plan = ",".join(f"{g}={p}" for g, p in (f.get("graph_precisions") or {}).items())
+    rows = [row("this run", plan, f)]
+    for r in f.get("runs") or []:
+        if isinstance(r, dict) and r.get("status") != "this run":
+            rows.append(row(f"only {r.get('reduced')} reduced", str(r.get("plan")), r, str(r.get("status"))))
+    return rows
+
+
+def _fidelity_gate(result: dict[str, Any]) -> str | None:
+    sampler = (result.get("gates") or {}).get("sampler")
+    if isinstance(sampler, dict) and sampler.get("psnr_db") is not None:
+        return f"{_fmt(sampler.get('psnr_db'), 'g')} dB ({sampler.get('precision')})"
+    return None
 
 
 def machine_text(m: Any) -> str:
@@ -766,6 +853,22 @@ def _gates_view(result: dict[str, Any]) -> dict[str, Any] | None:
             "rows": rows}
 
 
+def _plan_gates_view(result: dict[str, Any]) -> dict[str, Any] | None:
+    """Each graph's precision and gate, the sampler's, and the int8 per-call gates by step band."""
+    gates = result.get("gates") or {}
+    per_graph, sampler = gates.get("per_graph"), gates.get("sampler")
+    if not isinstance(per_graph, dict) or not isinstance(sampler, dict):
+        return None
+    rows = [{"what": f"graph {g}", "precision": v.get("precision"), "rel_l2": _fmt(v.get("rel_l2"), "g"),
+             "cosine": _fmt(v.get("cosine"), "g"), "psnr": "\u2014"} for g, v in per_graph.items() if isinstance(v, dict)]
+    rows.append({"what": "sampler (teacher-forced, free-running, cache)", "precision": sampler.get("precision"),
+                 "rel_l2": _fmt(sampler.get("rel_l2"), "g"), "cosine": _fmt(sampler.get("cosine"), "g"),
+                 "psnr": f"{_fmt(sampler.get('psnr_db'), 'g')} dB"})
+    bands = [{"check": k, "rel_l2": _fmt(v.get("rel_l2"), "g"), "cosine": _fmt(v.get("cosine"), "g")}
+             for k, v in (gates.get("bands") or {}).items() if isinstance(v, dict)]
+    return {"rows": rows, "bands": bands, "margin": _fmt(gates.get("band_margin"), "g")}
+
+
 def _baseline_view(result: dict[str, Any]) -> dict[str, Any] | None:
     from .baseline import describe
 
@@ -796,6 +899,9 @@ def render_html(result: dict[str, Any], sections: list[dict[str, Any]]) -> str:
         "provenance": [(k, v) for k, v in _provenance(result) if k != "verdict"],
         "gates": _gates_view(result), "sections": [s for s in sections if s], "drift": _drift_view(result),
         "baseline": _baseline_view(result),
+        "notes": _notes(result), "timings": _timings(result),
+        "fidelity": {"rows": _fidelity_rows(result), "gate": _fidelity_gate(result)} if _fidelity_rows(result) else None,
+        "plan_gates": _plan_gates_view(result),
         "layers": [_layer_view(l, (gate or {}).get("rel_l2")) for l in _layers(result)],
     }
     return environment().get_template("report.html.j2").render(**context)

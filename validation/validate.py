@@ -2,7 +2,11 @@
 
 Order (the first failing layer is reported): structural (targets that have it),
 graph, teacher-forced, free-running, refresh audit, cache == no-cache. Gates key
-on the *effective* precision the backend reports. A layer that cannot run here
+on the *effective* precision the backend reports, per graph for a precision plan
+(``gates.plan_gates``: the sampler's checks by the plan's loosest precision); every
+output also passes the tripwire (``tripwire``), whatever the gates. ``fidelity``
+then reports the final samples against the fp32 reference, with one swap run per
+reduced graph when a plan reduces several. A layer that cannot run here
 is "not run" with its reason and never counts as passed; the verdict is then
 NOT RUN (exit 3) unless something that did run failed (FAILED, exit 1).
 
@@ -22,10 +26,12 @@ import numpy as np
 
 from dualrate.exporter.bundle import Bundle, load_source_checkpoint, open_bundle, recorded_checkpoint
 from dualrate.exporter.errors import BackendUnavailableError, BadInputError
+from dualrate.exporter.precision_calibration import FLOOR
 from dualrate.exporter.progress import Progress, Stages
 from dualrate.exporter.spec import Spec
 
-from .gates import call_gates, gate_for, gate_set
+from .fidelity import fidelity
+from .gates import LOOSENESS, PlanGates, loosest, plan_gates
 from .graph_parity import CheckResult, graph_level
 from .layers import cache_equivalence, free_running, refresh_audit, teacher_forced
 
@@ -47,6 +53,8 @@ class ValidateOptions:
     backend_spec: Spec | None = None
     model: Any = None                        # a DualRateModel to use as the live reference (Python API)
     conditioning: dict[str, np.ndarray] | None = None   # rows for the reference trajectories (live reference)
+    # a reduced plan also samples with one reduced graph at a time (``fidelity``; the self-test skips it)
+    swap_runs: bool = True
     # reference vectors and model kept across runs on the same bundle content (the self-test's runs)
     cache: dict[str, Any] | None = None
 
@@ -100,31 +108,18 @@ def _run(bundle_path: str | Path, opts: ValidateOptions, stages: Stages
     if opts.runner_wrapper is not None:
         runner = opts.runner_wrapper(runner)
     vectors, doc["reference"] = reference_vectors(bundle, opts, stages)
-    precision = opts.gate_precision or compiled.effective_precision
-    gate = gate_for(precision, **opts.gate_overrides.get("*", {}))
-    doc["gates"] = {precision: dataclasses.asdict(gate)}
-    gates = gate_set(precision, opts.gate_overrides, fp32_floor(bundle))    # fp32: from the model's own error
-    doc["gates"].update(gates.describe())
     spec = bundle.spec
     nulls = bundle.nulls()
     trajectories = {k: v for k, v in vectors.items() if k.startswith("trajectory_seed")}
     first = trajectories[sorted(trajectories)[0]]
     doc["shapes"] = {"batch": int(len(first["final"])), "steps": spec.sampler.num_steps}
-    calibration, cal = precision_calibration(bundle, precision, opts, stages)
-    if cal["status"] != "not_needed":         # bf16/fp16: stored, computed now, or uncalibrated (noted)
-        doc["gates"]["calibration"] = cal
-    if cal["status"] == "uncalibrated":
-        doc.setdefault("notes", []).append(f"per-call {precision} gates are uncalibrated (the default {precision} "
-                                           f"gate for every call): {cal['reason']}")
-    per_call = call_gates(gate, precision, calibration)
-    if per_call:
-        doc["gates"]["per_call_calibrated"] = {f"{g}/{o}": dataclasses.asdict(v) for (g, o), v in per_call.items()}
-    per_call = per_call or gates.calls
+    gates = _plan_gates(bundle, compiled, opts, doc, stages)
     with stages("graph", "graph layer: recorded calls"):
-        layers["graph"] = _layer("graph", graph_level(runner, vectors, gate, opts.gate_overrides, per_call,
-                                                      gates.totals))
+        layers["graph"] = _layer("graph", graph_level(runner, vectors, gates.sampler.base, opts.gate_overrides,
+                                                      plan=gates, spec=spec))
     with stages("teacher_forced", "teacher-forced steps"):
-        layers["teacher_forced"] = _layer("teacher_forced", teacher_forced(runner, spec, first, gate, per_call, nulls))
+        layers["teacher_forced"] = _layer("teacher_forced", teacher_forced(runner, spec, first, gates.sampler.base,
+                                                                           nulls=nulls, plan=gates))
     with stages("free_running", "free-running sampler"):
         fr, drift, arrays = free_running(runner, spec, trajectories, gates.final, opts.backend_spec, nulls,
                                          decoded_gate=gates.decoded)
@@ -134,7 +129,62 @@ def _run(bundle_path: str | Path, opts: ValidateOptions, stages: Stages
     with stages("cache_equivalence", "cache == no-cache (refresh at every step)"):
         layers["cache_equivalence"] = _layer("cache_equivalence", cache_equivalence(
             runner, spec, every, gates.final, opts.backend_spec, nulls))
+    with stages("fidelity", "final fidelity per reduced graph (swap runs)"):
+        doc["fidelity"] = fidelity(bundle, target, compiled, fr, trajectories, opts, nulls)
     return _finish(doc, layers, drift), arrays
+
+
+def graph_precisions(bundle: Bundle, compiled: Any, gate_precision: str | None = None) -> dict[str, str]:
+    """The precision each graph is judged at: ``--gate-precision`` (a precision or a plan), else
+    what the compile record says each graph really computes in."""
+    from dualrate.targets.precision_plan import parse_plan
+
+    if gate_precision:
+        return parse_plan(gate_precision, bundle.graph_names()).as_dict()
+    got = getattr(compiled, "graph_precisions", None) or compiled.record.get("graph_precisions")
+    if got:
+        return {g: str(got.get(g, compiled.effective_precision)) for g in bundle.graph_names()}
+    return {g: compiled.effective_precision for g in bundle.graph_names()}
+
+
+def _plan_gates(bundle: Bundle, compiled: Any, opts: ValidateOptions, doc: dict[str, Any],
+                stages: Stages) -> PlanGates:
+    """The run's gates (``gates.plan_gates``), each calibration they use, recorded in ``doc``.
+
+    fp32 graphs: the model's own fp32 error sets their gates; bf16/fp16 graphs: the reference's
+    spread sets their per-call gates; int8 graphs: per call by step band. Each calibration is
+    stored, computed now where the model is here, or absent (noted)."""
+    precisions = graph_precisions(bundle, compiled, opts.gate_precision)
+    sampler = loosest(precisions.values())
+    kinds = sorted(set(precisions.values()), key=LOOSENESS.index)
+    values: dict[str, Any] = {}
+    notes: list[dict[str, Any]] = []
+    for p in kinds:
+        got, cal = precision_calibration(bundle, p, opts, stages)
+        if cal["status"] == "not_needed":
+            continue
+        notes.append(cal)
+        if got is not None:
+            values[p] = got
+        if cal["status"] == "uncalibrated":
+            doc.setdefault("notes", []).append(
+                f"the fp32 gates are the fixed defaults, not set from the model's own fp32 error: {cal['reason']}; "
+                "export with --calibrate-precisions fp32, or validate once where the model is at hand"
+                if p == FLOOR else
+                f"per-call {p} gates are uncalibrated (the default {p} gate for every call): {cal['reason']}")
+    outputs = {g: [o.name for o in gio.outputs] for g, gio in bundle.spec.model.graphs().items()}
+    gates = plan_gates(precisions, outputs, opts.gate_overrides, values.get(FLOOR),
+                       {p: v for p, v in values.items() if p != FLOOR})
+    doc["gates"] = {sampler: dataclasses.asdict(gates.sampler.base), **gates.describe()}
+    if notes:
+        # one calibration per kind the plan uses: the first under ``calibration`` (as before plans)
+        doc["gates"]["calibration"] = notes[0]
+        if len(notes) > 1:
+            doc["gates"]["calibrations"] = notes
+    if gates.calls:
+        doc["gates"]["per_call_calibrated"] = {f"{g}/{o}": dataclasses.asdict(v) for (g, o), v in gates.calls.items()}
+    doc["target"]["graph_precisions"] = dict(precisions)
+    return gates
 
 
 def reference_vectors(bundle: Bundle, opts: ValidateOptions, stages: Stages | None = None
@@ -178,11 +228,12 @@ def _live_model(bundle: Bundle, opts: ValidateOptions) -> Any:
 
 def precision_calibration(bundle: Bundle, precision: str, opts: ValidateOptions, stages: Stages | None = None
                           ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
-    """The reduced-precision gate calibration (``exporter.precision_calibration``): stored, or computed
-    now on the bundle's PyTorch model where it is here, or none (the default gates, noted)."""
+    """The gate calibration of ``precision`` (``exporter.precision_calibration``: the fp32 floor, or
+    the bf16/fp16 per-call spread): stored, or computed now on the bundle's PyTorch model where it
+    is here, or none (the default gates, noted)."""
     from dualrate.exporter import precision_calibration as pc
 
-    if precision not in pc.LOW_PRECISIONS:
+    if precision not in pc.CALIBRATED:
         return None, {"precision": precision, "status": "not_needed"}
 
     def provider() -> tuple[Any, str | None]:
@@ -255,15 +306,6 @@ def reference_model(bundle: Bundle, opts: ValidateOptions) -> Any:
                                   "PyTorch modules", alternative=", or use --reference golden").pair
 
 
-def fp32_floor(bundle: Bundle) -> dict[str, np.ndarray] | None:
-    """The reference's own fp32 error the bundle recorded at export (``golden/fp32_floor.npz``), or
-    None for a bundle exported before it (which keeps the default gates). It holds for either
-    reference: the live one recomputes the very vectors the floor was measured on."""
-    from dualrate.exporter.fp32_floor import FLOOR_NAME
-
-    return bundle.golden(FLOOR_NAME) if FLOOR_NAME in bundle.golden_names() else None
-
-
 def _header(bundle: Bundle, opts: ValidateOptions) -> dict[str, Any]:
     from dualrate.exporter.version import __version__
 
@@ -291,6 +333,7 @@ def _machine() -> dict[str, str]:
 def _target_info(compiled: Any) -> dict[str, Any]:
     rec = compiled.record
     return {"effective_precision": rec.get("effective_precision"), "runtime_version": rec.get("runtime_version"),
+            "graph_precisions": dict(getattr(compiled, "graph_precisions", None) or rec.get("graph_precisions") or {}),
             "device": rec.get("device"), "note": rec.get("note"), "artifacts": rec.get("files", {})}
 
 

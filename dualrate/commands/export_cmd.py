@@ -23,16 +23,21 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
                    help="store weights as ONNX external data (auto: when over ~1.8 GB)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle (only once the new one passed)")
     p.add_argument("--allow-factory", action="store_true", help="allow a checkpoint's custom model factory to run")
-    p.add_argument("--calibrate-precisions", action="store_true",
-                   help="also store the bf16/fp16 gate calibration now (BUNDLE/calibration/, outside the hashed "
-                        "files); by default it is computed when a bf16/fp16 target is first compiled or validated")
+    p.add_argument("--calibrate-precisions", nargs="?", const="fp32,bf16,fp16", default="", metavar="LIST",
+                   help="also store the gate calibration now (BUNDLE/calibration/, outside the hashed files): fp32 "
+                        "(the model's own fp32 error, from which the fp32 gates are set), bf16, fp16; "
+                        "comma-separated, all three when given alone. By default each is computed where the "
+                        "model is at hand when first needed: fp32 by validate, bf16/fp16 by compile or validate. "
+                        "A CI that validates without PyTorch exports with --calibrate-precisions fp32")
     add_sampler_flags(p)
     p.set_defaults(handler=_export)
 
     c = sub.add_parser("compile", help="compile a bundle for a backend (cached in BUNDLE/targets/)")
     c.add_argument("bundle", type=Path)
     c.add_argument("--target", required=True, help="onnxruntime, openvino, coreml or tensorrt")
-    c.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16 (per backend)")
+    c.add_argument("--precision", default=None,
+                   help="fp32, fp16, bf16, int8, int8-weights (per backend), or a per-graph plan such as "
+                        "encoder=int8,denoiser=fp32 (graphs not named stay fp32); default: the plan `dualrate tune` recorded in the bundle for the target, else fp32")
     c.add_argument("--force", action="store_true", help="rebuild even if the cache is current")
     g = c.add_argument_group("backend options (passed to the target; part of the cache key)")
     g.add_argument("--checkpoint", type=Path, default=None,
@@ -45,6 +50,13 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--tf32", action="store_true", help="tensorrt: allow TF32 (effective precision becomes tf32)")
     g.add_argument("--workspace-gib", type=float, default=None, help="tensorrt: builder workspace limit")
     g.add_argument("--threads", type=int, default=None, help="openvino: inference threads")
+    g.add_argument("--calibration-samples", type=int, default=None, metavar="N",
+                   help="int8 (every target): sampler runs the calibration records (default 4)")
+    g.add_argument("--calibration-seed", type=int, default=None, metavar="S",
+                   help="int8 (every target): seed of the calibration runs (default 0)")
+    g.add_argument("--int8-sensitive", choices=("int8-weights", "float"), default=None,
+                   help="onnxruntime/openvino int8: the sensitive layers (time/FiLM embedding, first and last "
+                        "conv/linear) keep float activations with int8 weights (default), or stay float")
     c.set_defaults(handler=_compile)
 
 
@@ -57,7 +69,8 @@ def _export(args: argparse.Namespace) -> int:
                          external_data={"auto": None, "always": True, "never": False}[args.external_data])
     start = time.perf_counter()
     res = export(args.checkpoint, args.output, options=opts, force=args.force, allow_factory=args.allow_factory,
-                 progress=console(), calibrate_precisions=args.calibrate_precisions)
+                 progress=console(),
+                 calibrate_precisions=[p.strip() for p in args.calibrate_precisions.split(",") if p.strip()])
     spec = res.bundle.spec
     for r in res.parity:
         m = r.metrics
@@ -72,9 +85,12 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-BACKEND_OPTIONS = {"coreml": ("checkpoint", "allow_factory", "allow_fp16_overflow"),
-                   "tensorrt": ("max_batch", "opt_batch", "tf32", "workspace_gib"),
-                   "openvino": ("threads",)}
+BACKEND_OPTIONS = {"coreml": ("checkpoint", "allow_factory", "allow_fp16_overflow", "calibration_samples",
+                              "calibration_seed"),
+                   "tensorrt": ("max_batch", "opt_batch", "tf32", "workspace_gib", "calibration_samples",
+                                "calibration_seed"),
+                   "openvino": ("threads", "calibration_samples", "calibration_seed", "int8_sensitive"),
+                   "onnxruntime": ("calibration_samples", "calibration_seed", "int8_sensitive")}
 
 
 def compile_options(args: argparse.Namespace) -> dict:

@@ -15,7 +15,9 @@ def add_sample_command(sub: argparse._SubParsersAction) -> None:
                                    "the bundle's sampler) or a checkpoint (PyTorch reference; sampler flags apply).")
     p.add_argument("source", type=Path, help="bundle directory, or checkpoint directory / .pt / .safetensors")
     p.add_argument("--target", default=None, help="onnxruntime, openvino, ... for a bundle; torch for a checkpoint")
-    p.add_argument("--precision", default="fp32", help="compiled precision (bundle targets)")
+    p.add_argument("--precision", default=None,
+                   help="compiled precision or per-graph plan, e.g. int8 or encoder=int8,denoiser=fp32 (bundle "
+                        "targets; default: the plan `dualrate tune` recorded in the bundle for the target, else fp32)")
     p.add_argument("--class", dest="classes", default=None, metavar="C[,C..]",
                    help="class ids, comma-separated (default: every class, up to 10)")
     p.add_argument("--conditioning", type=Path, default=None, metavar="FILE.npz",
@@ -55,8 +57,11 @@ def open_source(args: argparse.Namespace):
             raise BadInputError(f"{', '.join(flags)} cannot change a bundle: its sampler was fixed at export "
                                 "(spec.json). Re-export with those options, or sample the checkpoint instead")
         bundle = open_bundle(args.source)
-        runner = open_runner(bundle, target=args.target or "onnxruntime", precision=args.precision)
-        return runner, bundle.spec, bundle.nulls(), f"{runner.name} ({args.precision})"
+        from dualrate.exporter.precision_default import resolve_precision
+
+        precision = resolve_precision(bundle, args.target or "onnxruntime", args.precision)
+        runner = open_runner(bundle, target=args.target or "onnxruntime", precision=precision)
+        return runner, bundle.spec, bundle.nulls(), f"{runner.name} ({precision})"
     if args.target not in (None, "torch"):
         raise BadInputError(f"--target {args.target} needs a bundle; {args.source} is a checkpoint. "
                             "Run `dualrate export` first, or use --target torch")

@@ -14,7 +14,9 @@ def add_validate_command(sub: argparse._SubParsersAction) -> None:
                                    "1 FAILED, 3 NOT RUN (a check could not run here; never counted as passed).")
     p.add_argument("bundle", type=Path)
     p.add_argument("--target", required=True, help="onnxruntime, openvino, coreml or tensorrt")
-    p.add_argument("--precision", default="fp32")
+    p.add_argument("--precision", default=None,
+                   help="a precision or per-graph plan (default: the plan `dualrate tune` recorded in the bundle "
+                        "for the target, else fp32)")
     p.add_argument("--reference", choices=("auto", "torch", "golden"), default="auto",
                    help="torch: recompute from the checkpoint; golden: the bundle's vectors (no PyTorch model needed)")
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for --reference torch")
@@ -28,7 +30,9 @@ def add_validate_command(sub: argparse._SubParsersAction) -> None:
                    help='JSON overrides: {"*": {"rel_l2": 2e-4}, "encoder/feat0": {...}, "final": {"psnr_db": 50}}')
     p.add_argument("--gate", action="append", default=[], metavar="KEY:FIELD=VALUE",
                    help="one override, e.g. denoiser/prediction:rel_l2=2e-4 (repeatable)")
-    p.add_argument("--gate-precision", default=None, help="judge with this precision's gates instead of the effective one")
+    p.add_argument("--gate-precision", default=None,
+                   help="judge with this precision's gates (or a per-graph plan's, e.g. encoder=int8,denoiser=fp32) "
+                        "instead of the effective ones")
     p.add_argument("--baseline", type=Path, default=None, metavar="PREVIOUS.json",
                    help="an earlier report (--json) of this bundle on this target: exit 1 when any metric grew past "
                         "--baseline-factor x its baseline value + --baseline-epsilon, even if the gates pass")
@@ -77,7 +81,13 @@ def _validate(args: argparse.Namespace) -> int:
         if args.baseline is not None:
             from dualrate.exporter.errors import BadInputError
             raise BadInputError("--baseline judges one run against an earlier report; it does not apply to --self-test")
-        return _self_test(args, opts)
+        import dataclasses
+
+        from dualrate.exporter.bundle import open_bundle
+        from dualrate.exporter.precision_default import resolve_precision
+
+        precision = resolve_precision(open_bundle(args.bundle), args.target, args.precision)
+        return _self_test(args, dataclasses.replace(opts, precision=precision))
     from dualrate.api import validate
     from dualrate.exporter.progress import console
     from dualrate.validation.reports import write_json
