@@ -1,11 +1,12 @@
-"""A custom dual-rate pair used by the factory-protocol tests (not the DR-UViT family)."""
+"""Custom dual-rate pairs for the tests (not the DR-UViT family): a small conv pair (the factory
+protocol) and ``named_pair``, the binding of a model with its own input names and a decoder."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from dualrate.exporter.model_pair import SAMPLE, TIME, TIME_CTX, Conditioning, DualRateModel, cond, feature
+from dualrate.exporter.model_pair import SAMPLE, TIME, TIME_CTX, Conditioning, Decoder, DualRateModel, cond, feature
 
 
 class ConvEncoder(nn.Module):
@@ -56,3 +57,29 @@ def make_nan_pair(threshold: float = 0.0) -> DualRateModel:
     pair = make_pair()
     pair.denoiser = NanAfter(pair.denoiser, threshold)
     return pair
+
+
+class LatentDecoder(nn.Module):
+    """A 2-channel latent to a 3-channel image in [-1, 1] (``decode``, a tuple like diffusers')."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+
+    def decode(self, latent):
+        return (torch.tanh(self.conv(latent)),)
+
+
+def named_pair(encoder: nn.Module, denoiser: nn.Module, denoiser_features: dict) -> DualRateModel:
+    """``encoder``/``denoiser`` taking x / noise_level / (cached_level) / label, bound by role: a
+    2x8x8 v-prediction latent on time ``t``, 3 classes with null 3, the features ``denoiser_features``
+    (input name -> role) and a ``LatentDecoder`` with scaling factor 0.5 (built after the two nets,
+    so a seed set before the call fixes all three)."""
+    return DualRateModel(
+        encoder, denoiser,
+        encoder_inputs={"x": SAMPLE, "noise_level": TIME, "label": cond("label")},
+        denoiser_inputs={"x": SAMPLE, "noise_level": TIME, "cached_level": TIME_CTX, "label": cond("label"),
+                         **denoiser_features},
+        sample_shape=(2, 8, 8), prediction="v", time="t",
+        conditioning=[Conditioning("label", (), "int64", null=3, num_classes=3)],
+        decoder=Decoder(LatentDecoder(), input="latent", method="decode", scaling_factor=0.5)).eval()

@@ -21,12 +21,12 @@ from dualrate.exporter.checkpoint import make_config, save_checkpoint
 from dualrate.exporter.errors import BackendUnavailableError, BadInputError
 from dualrate.exporter.export import ExportOptions
 from dualrate.exporter.model_config import preset
-from dualrate.exporter.model_pair import (SAMPLE, TIME, TIME_CTX, Conditioning, Decoder, DualRateModel, cond, feature,
-                                          features)
+from dualrate.exporter.model_pair import DualRateModel, feature, features
 from dualrate.exporter.spec import GraphIO, GuidanceSpec, TensorIO
 from dualrate.exporter.spec_builder import SamplerOptions
 from dualrate.targets.base import Compiled, get_target
 from tests.conftest import run_cli, tiny_pair
+from tests.custom_pair import named_pair
 from dualrate.validation.export_check import export_bundle
 
 pytest.importorskip("coremltools", reason="coremltools is not installed: pip install 'dualrate[coreml]'")
@@ -428,25 +428,9 @@ class Den(nn.Module):
         return self.conv(torch.cat([x, mid * scale, nn.functional.interpolate(down[0], scale_factor=2.0)], 1))
 
 
-class Dec(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(2, 3, 3, padding=1)
-
-    def decode(self, latent):
-        return (torch.tanh(self.conv(latent)),)
-
-
 def named_model(seed: int = 0) -> DualRateModel:
     torch.manual_seed(seed)
-    return DualRateModel(
-        Enc(), Den(),
-        encoder_inputs={"x": SAMPLE, "noise_level": TIME, "label": cond("label")},
-        denoiser_inputs={"x": SAMPLE, "noise_level": TIME, "cached_level": TIME_CTX, "label": cond("label"),
-                         "mid": feature("mid"), "down": features("down.*")},
-        sample_shape=(2, 8, 8), prediction="v", time="t",
-        conditioning=[Conditioning("label", (), "int64", null=3, num_classes=3)],
-        decoder=Decoder(Dec(), input="latent", method="decode", scaling_factor=0.5)).eval()
+    return named_pair(Enc(), Den(), {"mid": feature("mid"), "down": features("down.*")})
 
 
 @pytest.fixture(scope="module")
@@ -494,12 +478,12 @@ def test_a_python_bundle_converts_every_graph_from_the_model(named):
 
 def test_a_python_bundle_needs_its_own_model(named, bundle, tmp_path):
     model, pybundle = named
-    with pytest.raises(BadInputError, match=r"exported from a Python model \(Enc\+Den\+Dec, weights sha256 .*\), not "
+    with pytest.raises(BadInputError, match=r"exported from a Python model \(Enc\+Den\+LatentDecoder, weights sha256 .*\), not "
                                             r"a checkpoint: pass that model, dualrate\.compile\(bundle, "
                                             r"target='coreml', model=model\)"):
         TARGET.compile(pybundle, "fp32")
     with pytest.raises(BadInputError, match=r"model= has weights sha256 .*, but bundle .* was exported from "
-                                            r"Enc\+Den\+Dec with sha256 .*; pass the model the bundle was exported"):
+                                            r"Enc\+Den\+LatentDecoder with sha256 .*; pass the model the bundle was exported"):
         TARGET.compile(pybundle, "fp32", model=named_model(seed=1))
     with pytest.raises(BadInputError, match="model= is a str; expected the dualrate.DualRateModel"):
         TARGET.compile(pybundle, "fp32", model="model.pt")

@@ -20,13 +20,14 @@ from torch import nn
 from dualrate.exporter.bundle import open_bundle, write_manifest
 from dualrate.exporter.errors import BackendUnavailableError, BadInputError
 from dualrate.exporter.export import ExportOptions
-from dualrate.exporter.model_pair import SAMPLE, TIME, TIME_CTX, Conditioning, Decoder, DualRateModel, cond, feature
+from dualrate.exporter.model_pair import DualRateModel, feature
 from dualrate.exporter.runner import graph_feeds, role_values
 from dualrate.exporter.sampling import sample, spec_noise
 from dualrate.exporter.spec_builder import SamplerOptions
 from dualrate.exporter.torch_runner import TorchReferenceRunner
 from dualrate.targets.base import Compiled, get_target
 from tests.conftest import REPO
+from tests.custom_pair import named_pair
 from dualrate.validation.export_check import export_bundle
 from dualrate.validation.gates import gate_for
 from dualrate.validation.graph_parity import graph_level
@@ -375,26 +376,10 @@ class NamedDenoiser(nn.Module):
         return self.conv(h)
 
 
-class TinyDecoder(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(2, 3, 3, padding=1)
-
-    def decode(self, latent):
-        return (torch.tanh(self.conv(latent)),)
-
-
 def named_model(seed: int = 0) -> DualRateModel:
     """Inputs called x / noise_level / cached_level / label, dict features ``mid``/``low``, a decoder."""
     torch.manual_seed(seed)
-    return DualRateModel(
-        NamedEncoder(), NamedDenoiser(),
-        encoder_inputs={"x": SAMPLE, "noise_level": TIME, "label": cond("label")},
-        denoiser_inputs={"x": SAMPLE, "noise_level": TIME, "cached_level": TIME_CTX, "label": cond("label"),
-                         "mid": feature("mid"), "low": feature("low")},
-        sample_shape=(2, 8, 8), prediction="v", time="t",
-        conditioning=[Conditioning("label", (), "int64", null=3, num_classes=3)],
-        decoder=Decoder(TinyDecoder(), input="latent", method="decode", scaling_factor=0.5)).eval()
+    return named_pair(NamedEncoder(), NamedDenoiser(), {"mid": feature("mid"), "low": feature("low")})
 
 
 @pytest.fixture(scope="module")
